@@ -1,0 +1,646 @@
+#!/usr/bin/env python3
+"""A real local Kubernetes control plane without Docker.
+
+Starts etcd, kube-apiserver (TLS, RBAC, admission with PodSecurity),
+kube-controller-manager, kube-scheduler and kwok on loopback, on free ports, from
+the binaries that ``hack/build-k8s-bins.sh`` builds. Registers fake nodes from a
+data file, a default StorageClass and a pool of PersistentVolumes, so that
+Deployments run, Jobs complete and PVCs bind.
+
+    python hack/localcluster.py up [--state-dir DIR] [--nodes FILE]   # last line: KUBECONFIG=...
+    python hack/localcluster.py down [--state-dir DIR]
+    python hack/localcluster.py status [--state-dir DIR]
+
+Needs only the standard library and PyYAML (for node files). The test fixtures
+import it (``tests/k8s/conftest.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_STATE_DIR = REPO_ROOT / ".cluster"
+DEFAULT_NODES_FILE = REPO_ROOT / "hack" / "nodes" / "default.yaml"
+PROJECT_STAGES_FILE = REPO_ROOT / "hack" / "kwok" / "slm-stages.yaml"
+BUILD_SCRIPT = REPO_ROOT / "hack" / "build-k8s-bins.sh"
+CONTEXT_NAME = "slm-local"
+STORAGE_CLASS = "standard"
+# Components in start order; stopped in reverse.
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+
+
+def log(message: str) -> None:
+    print(f"[localcluster {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class ClusterError(RuntimeError):
+    """The control plane could not be started or reached; the message says why."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ensure_binaries() -> Path:
+    """Build or reuse the control-plane binaries; returns their folder."""
+    result = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False)
+    if result.returncode != 0:
+        raise ClusterError(
+            f"building the control-plane binaries failed (exit {result.returncode}); see above"
+        )
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class Ports:
+    etcd_client: int
+    etcd_peer: int
+    apiserver: int
+    controller_manager: int
+    scheduler: int
+    kwok: int
+
+    @classmethod
+    def pick(cls) -> Ports:
+        return cls(*(free_port() for _ in range(6)))
+
+
+@dataclass
+class LocalCluster:
+    """Handle on a started (or reused) control plane."""
+
+    state_dir: Path
+    bin_dir: Path
+    kubeconfig: Path
+    server: str
+    pids: dict[str, int] = field(default_factory=dict)
+
+    # --- kubectl -----------------------------------------------------------------
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args]
+        result = subprocess.run(
+            cmd, input=input, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if check and result.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
+
+    def kubectl_json(self, *args: str) -> Any:
+        return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+    def apply(self, manifests: str | Sequence[dict[str, Any]], *extra: str) -> None:
+        text = manifests if isinstance(manifests, str) else "\n---\n".join(json.dumps(m) for m in manifests)
+        self.kubectl("apply", "-f", "-", *extra, input=text)
+
+    # --- fake nodes ----------------------------------------------------------------
+    def add_nodes(self, nodes: Sequence[dict[str, Any]]) -> None:
+        """Create fake nodes; kwok takes them over and marks them Ready."""
+        for node in nodes:
+            self.kubectl("create", "-f", "-", input=json.dumps(with_node_defaults(node)))
+
+    def wait_nodes_ready(self, names: Sequence[str], timeout: float = 90) -> None:
+        """Wait until kwok reports each node Ready and the not-ready taint is gone."""
+        deadline = time.monotonic() + timeout
+        pending = set(names)
+        while pending:
+            for item in self.kubectl_json("get", "nodes")["items"]:
+                name = item["metadata"]["name"]
+                if name in pending and node_is_schedulable(item):
+                    pending.discard(name)
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"nodes not Ready after {timeout:.0f}s: {sorted(pending)}")
+            time.sleep(0.5)
+
+    # --- storage -------------------------------------------------------------------
+    def ensure_volume_pool(self, per_kind: int = 12) -> None:
+        """Keep at least ``per_kind`` Available PVs of each access mode and size.
+
+        There is no provisioner, so pre-created PVs stand in for one. A released PV
+        (its claim deleted) is recycled by clearing its claimRef, as a real
+        provisioner would delete it and make a fresh one.
+        """
+        pvs = self.kubectl_json("get", "pv")["items"]
+        counts: dict[str, int] = {}
+        recycled: list[str] = []
+        for pv in pvs:
+            kind = pv["metadata"].get("labels", {}).get("slm.dev/pool")
+            if not kind:
+                continue
+            phase = pv.get("status", {}).get("phase")
+            if phase == "Released":
+                recycled.append(pv["metadata"]["name"])
+                counts[kind] = counts.get(kind, 0) + 1
+            elif phase in ("Available", "Pending", None):
+                counts[kind] = counts.get(kind, 0) + 1
+        for name in recycled:
+            self.kubectl(
+                "patch",
+                "pv",
+                name,
+                "--type=json",
+                "-p",
+                '[{"op":"remove","path":"/spec/claimRef"}]',
+                check=False,
+            )
+        new: list[dict[str, Any]] = []
+        for mode, size in POOL_KINDS:
+            kind = pool_kind(mode, size)
+            missing = per_kind - counts.get(kind, 0)
+            new.extend(persistent_volume(mode, size, self.state_dir) for _ in range(max(missing, 0)))
+        if new:
+            self.kubectl("create", "-f", "-", input="\n---\n".join(json.dumps(pv) for pv in new))
+
+
+POOL_KINDS = (
+    ("ReadWriteOnce", "20Gi"),
+    ("ReadWriteOnce", "200Gi"),
+    ("ReadWriteMany", "20Gi"),
+    ("ReadWriteMany", "200Gi"),
+)
+
+
+def pool_kind(mode: str, size: str) -> str:
+    return f"{'rwo' if mode == 'ReadWriteOnce' else 'rwx'}-{size.lower()}"
+
+
+def persistent_volume(mode: str, size: str, state_dir: Path) -> dict[str, Any]:
+    kind = pool_kind(mode, size)
+    suffix = os.urandom(4).hex()
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": f"pool-{kind}-{suffix}", "labels": {"slm.dev/pool": kind}},
+        "spec": {
+            "capacity": {"storage": size},
+            "accessModes": [mode],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": STORAGE_CLASS,
+            "hostPath": {
+                "path": str(state_dir / "volumes" / f"{kind}-{suffix}"),
+                "type": "DirectoryOrCreate",
+            },
+        },
+    }
+
+
+def storage_class() -> dict[str, Any]:
+    return {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {
+            "name": STORAGE_CLASS,
+            "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+        },
+        "provisioner": "kubernetes.io/no-provisioner",
+        # Immediate: claims bind as soon as they are created, with no pod needed.
+        "volumeBindingMode": "Immediate",
+        "reclaimPolicy": "Retain",
+    }
+
+
+def with_node_defaults(node: dict[str, Any]) -> dict[str, Any]:
+    """Fill in what every kubelet reports, so node files list only what differs."""
+    node = json.loads(json.dumps(node))
+    meta = node.setdefault("metadata", {})
+    name = meta["name"]
+    labels = meta.setdefault("labels", {})
+    labels.setdefault("kubernetes.io/hostname", name)
+    labels.setdefault("kubernetes.io/os", "linux")
+    labels.setdefault("kubernetes.io/arch", "amd64")
+    labels.setdefault("type", "kwok")
+    annotations = meta.setdefault("annotations", {})
+    annotations.setdefault("kwok.x-k8s.io/node", "fake")
+    annotations.setdefault("node.alpha.kubernetes.io/ttl", "0")
+    status = node.setdefault("status", {})
+    status.setdefault("capacity", {"cpu": "8", "memory": "32Gi", "pods": "110"})
+    status.setdefault("allocatable", dict(status["capacity"]))
+    status.setdefault(
+        "nodeInfo",
+        {
+            "architecture": labels["kubernetes.io/arch"],
+            "operatingSystem": "linux",
+            "kubeletVersion": "fake",
+            "kubeProxyVersion": "fake",
+        },
+    )
+    return node
+
+
+def node_is_schedulable(node: dict[str, Any]) -> bool:
+    conditions = node.get("status", {}).get("conditions", [])
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    taints = node.get("spec", {}).get("taints", [])
+    not_ready_taint = any(t.get("key", "").startswith("node.kubernetes.io/not-ready") for t in taints)
+    return ready and not not_ready_taint
+
+
+def load_node_file(path: Path) -> list[dict[str, Any]]:
+    """Read a multi-document YAML file of Nodes."""
+    import yaml  # from the project's environment; imported here so `down` needs nothing
+
+    try:
+        documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    except (OSError, yaml.YAMLError) as error:
+        raise ClusterError(f"cannot read node file {path}: {error}") from error
+    for doc in documents:
+        if doc.get("kind") != "Node" or not doc.get("metadata", {}).get("name"):
+            raise ClusterError(
+                f"{path}: every document must be a Node with metadata.name, got {doc.get('kind')!r}"
+            )
+    return documents
+
+
+# --- PKI -----------------------------------------------------------------------------
+def make_pki(pki: Path) -> None:
+    pki.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=pki, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=slm-local-ca",
+        "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
+    (pki / "server.ext").write_text(
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
+        "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.0.0.1\n"
+    )
+    (pki / "client.ext").write_text(
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n"
+    )
+    for name, subject, ext in (
+        ("apiserver", "/CN=kube-apiserver", "server.ext"),
+        ("admin", "/O=system:masters/CN=slm-local-admin", "client.ext"),
+    ):
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            subject,
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+        )
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "3650", "-extfile", ext, "-out", f"{name}.crt")  # fmt: skip
+    run("genrsa", "-out", "sa.key", "2048")
+    run("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub")
+
+
+def write_kubeconfig(path: Path, server: str, pki: Path) -> None:
+    # JSON is valid YAML, and kubeconfig loaders accept it.
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": CONTEXT_NAME,
+                "cluster": {"server": server, "certificate-authority": str(pki / "ca.crt")},
+            }
+        ],
+        "users": [
+            {
+                "name": "slm-local-admin",
+                "user": {"client-certificate": str(pki / "admin.crt"), "client-key": str(pki / "admin.key")},
+            }
+        ],
+        "contexts": [
+            {
+                "name": CONTEXT_NAME,
+                "context": {"cluster": CONTEXT_NAME, "user": "slm-local-admin", "namespace": "default"},
+            }
+        ],
+        "current-context": CONTEXT_NAME,
+    }
+    path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+# --- processes -----------------------------------------------------------------------
+def start_process(name: str, argv: list[str], state_dir: Path) -> int:
+    logs = state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"{name}.log", "ab") as out:
+        # A new session: the process outlives this script and is stopped by PID.
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)  # fmt: skip
+    (state_dir / f"{name}.pid").write_text(str(proc.pid))
+    return proc.pid
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as gone.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+def wait_http_ok(
+    name: str, url: str, state_dir: Path, pid: int, context: ssl.SSLContext | None, timeout: float = 120
+) -> None:
+    deadline = time.monotonic() + timeout
+    last_error = ""
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            raise ClusterError(
+                f"{name} exited during start-up; last lines of its log:\n{tail(state_dir, name)}"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=5, context=context) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as error:
+            last_error = str(error)
+        time.sleep(0.3)
+    raise ClusterError(
+        f"{name} not healthy at {url} after {timeout:.0f}s ({last_error}); log:\n{tail(state_dir, name)}"
+    )
+
+
+def tail(state_dir: Path, name: str, lines: int = 25) -> str:
+    path = state_dir / "logs" / f"{name}.log"
+    if not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def client_ssl_context(pki: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    context.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    return context
+
+
+def insecure_ssl_context() -> ssl.SSLContext:
+    # kube-controller-manager and kube-scheduler serve /healthz with a self-signed
+    # certificate of their own; only loopback liveness is checked with it.
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def up(state_dir: Path, nodes_file: Path, bin_dir: Path | None = None) -> LocalCluster:
+    """Start every component, register nodes and storage; return a handle."""
+    started = time.monotonic()
+    state_dir = state_dir.resolve()
+    if (state_dir / "cluster.json").exists():
+        existing = load(state_dir)
+        if existing is not None and all(pid_alive(pid) for pid in existing.pids.values()):
+            log(f"already running ({state_dir}); reusing it")
+            return existing
+        log("found a stale state folder; stopping what is left of it")
+        down(state_dir)
+    bin_dir = bin_dir or ensure_binaries()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    pki = state_dir / "pki"
+    ports = Ports.pick()
+    server = f"https://127.0.0.1:{ports.apiserver}"
+    kubeconfig = state_dir / "kubeconfig"
+    cluster = LocalCluster(state_dir=state_dir, bin_dir=bin_dir, kubeconfig=kubeconfig, server=server)
+    try:
+        log("writing certificates")
+        make_pki(pki)
+        write_kubeconfig(kubeconfig, server, pki)
+        save(cluster, ports)
+
+        log(f"starting etcd on 127.0.0.1:{ports.etcd_client}")
+        etcd_url = f"http://127.0.0.1:{ports.etcd_client}"
+        peer_url = f"http://127.0.0.1:{ports.etcd_peer}"
+        cluster.pids["etcd"] = start_process("etcd", [
+            str(bin_dir / "etcd"), "--name=node0", f"--data-dir={state_dir / 'etcd'}",
+            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=node0={peer_url}", "--listen-metrics-urls=",
+            "--unsafe-no-fsync=true", "--auto-compaction-retention=1",
+            "--quota-backend-bytes=2147483648", "--log-level=warn",
+        ], state_dir)  # fmt: skip
+        save(cluster, ports)
+        wait_http_ok("etcd", f"{etcd_url}/health", state_dir, cluster.pids["etcd"], None)
+
+        log(f"starting kube-apiserver on {server}")
+        cluster.pids["kube-apiserver"] = start_process("kube-apiserver", [
+            str(bin_dir / "kube-apiserver"), f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={ports.apiserver}",
+            # A loopback address in the `kubernetes` Endpoints would be rejected.
+            "--endpoint-reconciler-type=none",
+            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--authorization-mode=Node,RBAC",
+            # PodSecurity is among the default admission plugins; ServiceAccount is off
+            # (as in envtest) to avoid "serviceaccount default not found" races.
+            "--enable-admission-plugins=NamespaceLifecycle,LimitRanger,PodSecurity,DefaultStorageClass,"
+            "StorageObjectInUseProtection,ResourceQuota,TaintNodesByCondition,Priority,"
+            "DefaultTolerationSeconds,ValidatingAdmissionPolicy,MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
+            "--disable-admission-plugins=ServiceAccount",
+            "--allow-privileged=true", "--profiling=false", "--v=1",
+        ], state_dir)  # fmt: skip
+        save(cluster, ports)
+        wait_http_ok("kube-apiserver", f"{server}/readyz", state_dir, cluster.pids["kube-apiserver"],
+                     client_ssl_context(pki), timeout=180)  # fmt: skip
+
+        log("starting kube-controller-manager")
+        cluster.pids["kube-controller-manager"] = start_process("kube-controller-manager", [
+            str(bin_dir / "kube-controller-manager"), f"--kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1", f"--secure-port={ports.controller_manager}", "--leader-elect=false",
+            "--controllers=*", f"--root-ca-file={pki / 'ca.crt'}",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--cluster-signing-cert-file={pki / 'ca.crt'}", f"--cluster-signing-key-file={pki / 'ca.key'}",
+            # React to garbage quickly: GC re-reads discovery (new CRDs) every 30s by default.
+            "--concurrent-gc-syncs=10", "--v=1",
+        ], state_dir)  # fmt: skip
+        save(cluster, ports)
+
+        log("starting kube-scheduler")
+        cluster.pids["kube-scheduler"] = start_process("kube-scheduler", [
+            str(bin_dir / "kube-scheduler"), f"--kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1", f"--secure-port={ports.scheduler}", "--leader-elect=false", "--v=1",
+        ], state_dir)  # fmt: skip
+        save(cluster, ports)
+
+        log("starting kwok")
+        cluster.pids["kwok"] = start_process("kwok", [
+            str(bin_dir / "kwok"), f"--kubeconfig={kubeconfig}",
+            f"--config={bin_dir / 'kwok-stages.yaml'}", f"--config={PROJECT_STAGES_FILE}",
+            "--manage-all-nodes=true", "--node-lease-duration-seconds=40", "--cidr=10.244.0.0/16",
+            f"--server-address=127.0.0.1:{ports.kwok}",
+        ], state_dir)  # fmt: skip
+        save(cluster, ports)
+        insecure = insecure_ssl_context()
+        wait_http_ok("kube-controller-manager", f"https://127.0.0.1:{ports.controller_manager}/healthz",
+                     state_dir, cluster.pids["kube-controller-manager"], insecure)  # fmt: skip
+        wait_http_ok("kube-scheduler", f"https://127.0.0.1:{ports.scheduler}/healthz",
+                     state_dir, cluster.pids["kube-scheduler"], insecure)  # fmt: skip
+        wait_http_ok("kwok", f"http://127.0.0.1:{ports.kwok}/healthz", state_dir, cluster.pids["kwok"], None)
+
+        log("registering storage and fake nodes")
+        cluster.apply([storage_class()])
+        cluster.ensure_volume_pool()
+        nodes = load_node_file(nodes_file)
+        cluster.add_nodes(nodes)
+        cluster.wait_nodes_ready([n["metadata"]["name"] for n in nodes])
+        wait_default_service_account(cluster)
+    except BaseException:
+        log(f"start-up failed; logs are in {state_dir / 'logs'}; stopping what was started")
+        stop_processes(cluster.pids)
+        raise
+    log(f"control plane up in {time.monotonic() - started:.1f}s: {len(nodes)} nodes, state in {state_dir}")
+    return cluster
+
+
+def wait_default_service_account(cluster: LocalCluster, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while cluster.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise ClusterError(
+                "the default ServiceAccount never appeared (is kube-controller-manager running?)"
+            )
+        time.sleep(0.5)
+
+
+def save(cluster: LocalCluster, ports: Ports) -> None:
+    data = {
+        "bin_dir": str(cluster.bin_dir),
+        "kubeconfig": str(cluster.kubeconfig),
+        "server": cluster.server,
+        "pids": cluster.pids,
+        "ports": ports.__dict__,
+    }
+    (cluster.state_dir / "cluster.json").write_text(json.dumps(data, indent=2))
+
+
+def load(state_dir: Path) -> LocalCluster | None:
+    path = state_dir / "cluster.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    return LocalCluster(
+        state_dir=state_dir,
+        bin_dir=Path(data["bin_dir"]),
+        kubeconfig=Path(data["kubeconfig"]),
+        server=data["server"],
+        pids={k: int(v) for k, v in data["pids"].items()},
+    )
+
+
+def stop_processes(pids: dict[str, int], timeout: float = 20) -> None:
+    for name in reversed(COMPONENTS):
+        pid = pids.get(name)
+        if pid is None or not pid_alive(pid):
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid_alive(pid):
+            log(f"{name} (pid {pid}) ignored SIGTERM; killing it")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        # Reap it when it is our child (it is when `up` ran in this process).
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def down(state_dir: Path) -> None:
+    state_dir = state_dir.resolve()
+    cluster = load(state_dir)
+    if cluster is None:
+        pid_files = list(state_dir.glob("*.pid")) if state_dir.exists() else []
+        pids = {p.stem: int(p.read_text()) for p in pid_files}
+    else:
+        pids = cluster.pids
+    if pids:
+        log(f"stopping {', '.join(name for name in reversed(COMPONENTS) if name in pids)}")
+        stop_processes(pids)
+    if state_dir.exists():
+        # Only a folder this script made: never remove anything else by mistake.
+        if not ((state_dir / "cluster.json").exists() or (state_dir / "pki").exists() or pids):
+            raise ClusterError(
+                f"{state_dir} does not look like a local cluster state folder; not removing it"
+            )
+        subprocess.run(["rm", "-rf", str(state_dir)], check=True)
+    log("stopped and removed")
+
+
+@contextlib.contextmanager
+def running(state_dir: Path, nodes_file: Path = DEFAULT_NODES_FILE) -> Iterator[LocalCluster]:
+    cluster = up(state_dir, nodes_file)
+    try:
+        yield cluster
+    finally:
+        down(state_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("command", choices=("up", "down", "status", "bins"))
+    parser.add_argument(
+        "--state-dir", type=Path, default=Path(os.environ.get("SLM_CLUSTER_DIR", DEFAULT_STATE_DIR))
+    )
+    parser.add_argument("--nodes", type=Path, default=DEFAULT_NODES_FILE, help="multi-document YAML of Nodes")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "bins":
+            print(ensure_binaries())
+        elif args.command == "up":
+            cluster = up(args.state_dir, args.nodes)
+            print(f"KUBECONFIG={cluster.kubeconfig}")
+        elif args.command == "down":
+            down(args.state_dir)
+        else:
+            cluster = load(args.state_dir.resolve())
+            if cluster is None:
+                print("not running")
+                return 1
+            for name, pid in cluster.pids.items():
+                print(f"{name:26} pid {pid:<8} {'running' if pid_alive(pid) else 'STOPPED'}")
+            print(f"KUBECONFIG={cluster.kubeconfig}")
+    except ClusterError as error:
+        log(f"error: {error}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""slm-operator: places and serves Small Language Models on Kubernetes."""
