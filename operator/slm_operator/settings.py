@@ -1,0 +1,381 @@
+"""Operator settings: hardware tiers, runtime images, catalog additions and defaults.
+
+Everything placement knows about hardware is data here (device resources, labels, taints, images
+per accelerator), so a cluster with other devices is supported by configuration, not code. Values
+come, highest priority first, from init arguments, `SLM_OPERATOR_*` environment variables (complex
+values as JSON), and the YAML file named by `SLM_OPERATOR_CONFIG_FILE` (the Helm chart mounts its
+ConfigMap there), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from slm_operator.api.v1alpha1 import Tier
+
+ENV_PREFIX = "SLM_OPERATOR_"
+CONFIG_FILE_ENV = f"{ENV_PREFIX}CONFIG_FILE"
+GiB = 1 << 30
+MiB = 1 << 20
+
+ModelFileFormat = Literal["gguf", "onnx"]
+MemoryUnit = Literal["bytes", "MiB", "GiB"]
+
+
+class _Data(BaseModel):
+    # Settings files are written by people in camelCase (Helm values) or snake_case; accept both.
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_spelling(cls, data: Any) -> Any:
+        # The file may say storageClassName and the environment storage_class_name: sources are
+        # merged lowest priority first, so the later spelling wins.
+        if not isinstance(data, dict):
+            return data
+        names = {
+            **{f.alias: name for name, f in cls.model_fields.items() if f.alias},
+            **{n: n for n in cls.model_fields},
+        }
+        return {names.get(key, key): value for key, value in data.items()}
+
+
+class TolerationSettings(_Data):
+    """A toleration placement adds for an accelerator's nodes."""
+
+    key: str = ""
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str = ""
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = ""
+
+
+class AcceleratorSettings(_Data):
+    """One kind of device a tier can use, and how nodes advertise it."""
+
+    name: str = Field(description="Short name, shown in status.placement.accelerator (e.g. nvidia).")
+    resource_name: str = Field(
+        default="", description="Extended resource requested per device (e.g. nvidia.com/gpu); empty on cpu."
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Labels a node must carry (also added to the Pods' nodeSelector). The device resource "
+        "alone already selects nodes, so the defaults need none except where a device plugin's docs ask "
+        "for one (Ascend); presence labels such as nvidia.com/gpu.present come only with GPU feature "
+        "discovery, which not every cluster runs.",
+    )
+    memory_label: str = Field(
+        default="", description="Node label with the memory of one device; empty = use node memory."
+    )
+    memory_label_unit: MemoryUnit = Field(
+        default="MiB",
+        description="Unit of a plain number in memory_label; suffixed values (64G) say their own.",
+    )
+    product_label: str = Field(default="", description="Node label naming the device model, for messages.")
+    tolerations: list[TolerationSettings] = Field(default_factory=list)
+    formats: list[ModelFileFormat] = Field(description="Model formats the runtime runs on this device.")
+    runtime: str = Field(description="Key into images: the image variant for this device.")
+    execution_provider: str = Field(
+        default="cpu", description="ONNX Runtime execution provider for ONNX models on this device."
+    )
+    runtime_class_name: str = Field(default="", description="Pod runtimeClassName, e.g. nvidia.")
+
+
+class TinyModelRule(_Data):
+    """Prefer a higher-precision quantization for tiny models when memory is plentiful (cpu tier)."""
+
+    max_parameters: int = Field(description="Models with at most this many parameters count as tiny.")
+    memory_factor: float = Field(
+        default=4.0, description="Node memory must exceed the estimate at that precision this many times."
+    )
+    quantizations: dict[ModelFileFormat, list[str]] = Field(description="Tried before the tier's list.")
+
+
+class TierSettings(_Data):
+    """A hardware tier: its accelerators (tried in order) and its automatic quantization ladder."""
+
+    accelerators: list[AcceleratorSettings]
+    auto_quantization: dict[ModelFileFormat, list[str]] = Field(
+        description="quantization: auto tries these, best quality first, per format."
+    )
+    tiny_model: TinyModelRule | None = None
+
+
+def _tolerate(key: str) -> list[TolerationSettings]:
+    return [TolerationSettings(key=key, operator="Exists", effect="NoSchedule")]
+
+
+def default_tiers() -> dict[Tier, TierSettings]:
+    """The built-in hardware knowledge: device plugins' resource names, labels and taints."""
+    ascend = [
+        AcceleratorSettings(
+            name=f"ascend-{model.lower().removeprefix('ascend')}",
+            resource_name=f"huawei.com/{model}",
+            node_selector={"accelerator": f"huawei-{model}"},
+            tolerations=_tolerate(f"huawei.com/{model}"),
+            formats=["onnx"],
+            runtime="cann",
+            execution_provider="cann",
+        )
+        for model in ("Ascend910", "Ascend310", "Ascend310P")
+    ]
+    intel_gpus = [
+        AcceleratorSettings(
+            name=f"intel-gpu-{driver}",
+            resource_name=f"gpu.intel.com/{driver}",
+            memory_label="gpu.intel.com/memory.max",
+            memory_label_unit="bytes",
+            tolerations=_tolerate(f"gpu.intel.com/{driver}"),
+            formats=["gguf", "onnx"],
+            runtime="intel",
+            execution_provider="openvino",
+        )
+        for driver in ("i915", "xe")
+    ]
+    return {
+        "npu": TierSettings(
+            accelerators=[
+                AcceleratorSettings(
+                    name="intel-npu",
+                    resource_name="npu.intel.com/npu",
+                    tolerations=_tolerate("npu.intel.com/npu"),
+                    formats=["onnx"],
+                    runtime="openvino",
+                    execution_provider="openvino",
+                ),
+                *ascend,
+                AcceleratorSettings(
+                    name="qualcomm-ai100",
+                    resource_name="qualcomm.com/qaic",
+                    tolerations=_tolerate("qualcomm.com/qaic"),
+                    formats=["onnx"],
+                    runtime="qnn",
+                    execution_provider="qnn",
+                ),
+            ],
+            auto_quantization={"onnx": ["int8", "int4"]},
+        ),
+        "gpu": TierSettings(
+            accelerators=[
+                AcceleratorSettings(
+                    name="nvidia",
+                    resource_name="nvidia.com/gpu",
+                    memory_label="nvidia.com/gpu.memory",
+                    memory_label_unit="MiB",
+                    product_label="nvidia.com/gpu.product",
+                    tolerations=_tolerate("nvidia.com/gpu"),
+                    formats=["gguf", "onnx"],
+                    runtime="cuda",
+                    execution_provider="cuda",
+                ),
+                AcceleratorSettings(
+                    name="amd",
+                    resource_name="amd.com/gpu",
+                    memory_label="amd.com/gpu.vram",
+                    memory_label_unit="MiB",
+                    product_label="amd.com/gpu.device-id",
+                    tolerations=_tolerate("amd.com/gpu"),
+                    formats=["gguf", "onnx"],
+                    runtime="rocm",
+                    execution_provider="rocm",
+                ),
+                *intel_gpus,
+            ],
+            auto_quantization={"gguf": ["f16", "q8_0", "q4_k_m"], "onnx": ["fp16", "int8", "int4"]},
+        ),
+        "cpu": TierSettings(
+            accelerators=[
+                AcceleratorSettings(
+                    name="cpu", formats=["gguf", "onnx"], runtime="cpu", execution_provider="cpu"
+                )
+            ],
+            auto_quantization={"gguf": ["q4_k_m"], "onnx": ["int4"]},
+            tiny_model=TinyModelRule(
+                max_parameters=2_000_000_000,
+                memory_factor=4.0,
+                quantizations={"gguf": ["q8_0"], "onnx": ["int8"]},
+            ),
+        ),
+    }
+
+
+RUNTIME_IMAGE_REPOSITORY = "ghcr.io/slm-operator/slm-runtime"
+RUNTIME_IMAGE_TAG = "0.1.0"
+
+
+def default_runtime_images() -> dict[str, str]:
+    """Image per runtime variant; the Helm chart's `settings.images` uses the same keys."""
+    variants = ("cpu", "cuda", "rocm", "intel", "openvino", "cann", "qnn")
+    return {variant: f"{RUNTIME_IMAGE_REPOSITORY}:{RUNTIME_IMAGE_TAG}-{variant}" for variant in variants}
+
+
+class DefaultsSettings(_Data):
+    """Defaults for the children the operator creates (the chart's `settings.defaults`)."""
+
+    storage_class_name: str = Field(
+        default="", description="StorageClass of cache claims that name none; empty = the cluster default."
+    )
+    cache_headroom: float = Field(
+        default=0.2,
+        ge=0.0,
+        le=10.0,
+        description="Extra room on top of the model size for cache claims (fraction).",
+    )
+    image_pull_secrets: list[str] = Field(
+        default_factory=list, description="Image pull Secret names added to runtime and fetch Pods."
+    )
+
+    @field_validator("image_pull_secrets", mode="before")
+    @classmethod
+    def _secret_names(cls, value: Any) -> Any:
+        # Helm values usually spell these as core/v1 LocalObjectReference ({name: ...}).
+        if isinstance(value, list):
+            return [item.get("name", "") if isinstance(item, dict) else item for item in value]
+        return value
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Settings from the YAML (or JSON) file named by SLM_OPERATOR_CONFIG_FILE, if any."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        path = os.environ.get(CONFIG_FILE_ENV, "")
+        self._data: dict[str, Any] = {}
+        if path:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path}: operator settings must be a mapping, got {type(loaded).__name__}")
+            self._data = loaded
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        for key in (field_name, field.alias, to_camel(field_name)):
+            if key and key in self._data:
+                return self._data[key], field_name, False
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for field_name, field in self.settings_cls.model_fields.items():
+            value, key, _ = self.get_field_value(field, field_name)
+            if value is not None:
+                values[key] = value
+        return values
+
+
+class OperatorSettings(BaseSettings):
+    """Everything the operator is configured with."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    config_file: str = Field(default="", description="YAML file with these settings (the chart's ConfigMap).")
+    tiers: dict[Tier, TierSettings] = Field(default_factory=default_tiers)
+    images: dict[str, str] = Field(
+        default_factory=default_runtime_images,
+        description="Runtime image per variant (cpu, cuda, rocm, intel, openvino, cann, qnn); merged over the "
+        "defaults.",
+    )
+    fetch_image: str = Field(default="", description="Image of the fetch Job; empty = images['cpu'].")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    defaults: DefaultsSettings = Field(default_factory=DefaultsSettings)
+    catalog: dict[str, Any] | str = Field(
+        default="",
+        description="Catalog additions (same schema as the built-in one), as a mapping or YAML/JSON text, merged "
+        "over it.",
+    )
+    catalog_file: str = Field(default="", description="Path of a catalog file merged over the built-in one.")
+    container_port: int = Field(default=8080, ge=1024, le=65535, description="Port the runtime listens on.")
+    memory_overhead_bytes: int = Field(
+        default=512 * MiB, ge=0, description="Fixed memory per replica on top of weights and KV cache."
+    )
+    memory_limit_factor: float = Field(
+        default=1.25, ge=1.0, description="Memory limit = request x this factor (estimates are estimates)."
+    )
+    default_cpu_request: str = Field(default="1", description="CPU request when threads is 0.")
+    unknown_model_bytes: int = Field(
+        default=4 * GiB, ge=0, description="Assumed weights size of a direct source not fetched yet."
+    )
+    unknown_kv_bytes_per_token: int = Field(
+        default=128 * 1024, ge=0, description="Assumed KV cache bytes per token for models of unknown shape."
+    )
+    cache_min_bytes: int = Field(default=1 * GiB, ge=0, description="Smallest cache claim.")
+    fetch_backoff_limit: int = Field(default=4, ge=0, description="Fetch Job backoffLimit.")
+    fetch_active_deadline_seconds: int = Field(default=4 * 3600, ge=60, description="Fetch Job deadline.")
+    fetch_retry_base_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="After a fetch Job fails for good, the operator retries it after this many seconds, "
+        "doubling per failed attempt.",
+    )
+    fetch_retry_max_seconds: float = Field(
+        default=3600.0, gt=0, description="Longest wait between fetch retries."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log level of the runtime Pods (SLM_LOG_LEVEL)."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
+
+    @field_validator("tiers", mode="after")
+    @classmethod
+    def _every_tier_present(cls, tiers: dict[Tier, TierSettings]) -> dict[Tier, TierSettings]:
+        # A tier left out of a settings file keeps its built-in definition.
+        return {**default_tiers(), **tiers}
+
+    @field_validator("images", mode="after")
+    @classmethod
+    def _images_over_defaults(cls, images: dict[str, str]) -> dict[str, str]:
+        return {**default_runtime_images(), **{k: v for k, v in images.items() if v}}
+
+    def effective_fetch_image(self) -> str:
+        return self.fetch_image or self.images.get("cpu", "")
+
+    def catalog_overrides(self) -> list[dict[str, Any]]:
+        """Catalog documents to merge over the built-in catalog: the file, then the inline text."""
+        documents: list[dict[str, Any]] = []
+        if self.catalog_file:
+            documents.append(
+                _parse_mapping(Path(self.catalog_file).read_text(encoding="utf-8"), self.catalog_file)
+            )
+        if isinstance(self.catalog, dict):
+            if self.catalog:
+                documents.append(self.catalog)
+        elif self.catalog.strip():
+            documents.append(_parse_mapping(self.catalog, f"{ENV_PREFIX}CATALOG"))
+        return documents
+
+
+def _parse_mapping(text: str, where: str) -> dict[str, Any]:
+    # YAML is a superset of JSON, so one parser takes both.
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(f"{where}: not valid YAML or JSON: {error}") from error
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{where}: a catalog must be a mapping with 'models' and 'aliases'")
+    plain: dict[str, Any] = json.loads(json.dumps(loaded, default=str))  # JSON types only (no YAML dates)
+    return plain

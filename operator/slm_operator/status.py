@@ -1,0 +1,353 @@
+"""Status of an SLMDeployment from the plan and the observed children (pure, kstatus semantics).
+
+Conditions: `Placed`, `ModelCached`, `Ready` (true only when the endpoint serves), and kstatus'
+`Reconciling` (work in progress) and `Stalled` (stuck until something changes). Each carries the
+generation it was computed from; `lastTransitionTime` moves only when a condition's status flips,
+so recomputing an unchanged world yields an identical dict and the caller writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from slm_operator.api.v1alpha1 import (
+    CachePhase,
+    CacheStatus,
+    Condition,
+    ModelStatus,
+    PlacementStatus,
+    SLMDeploymentSpec,
+    SLMDeploymentStatus,
+)
+from slm_operator.naming import cache_claim_name, endpoint, selector_string
+from slm_operator.resolve import Owner, Plan, ResolveFailure
+
+READY = "Ready"
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
+MODEL_CACHED = "ModelCached"
+PLACED = "Placed"
+CONDITION_TYPES = (READY, RECONCILING, STALLED, MODEL_CACHED, PLACED)
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Observations (simplified children), with parsers from API dicts
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    name: str
+    active: int = 0
+    succeeded: bool = False
+    failed: bool = False
+    message: str = ""  # why it failed, or the fetcher's last word
+    failed_attempts: int = 0  # pods that failed so far (the Job retries until its backoffLimit)
+    bytes_downloaded: int = 0
+    total_bytes: int = 0
+    sha256: str = ""
+    size_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class DeploymentObservation:
+    generation: int = 0
+    observed_generation: int = 0
+    replicas: int = 0
+    updated_replicas: int = 0
+    ready_replicas: int = 0
+    available_replicas: int = 0
+    progress_deadline_exceeded: bool = False
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ObservedChildren:
+    claim_phase: str | None = None  # PersistentVolumeClaim status.phase; None = absent
+    fetch_job: JobObservation | None = None  # the Job of the current model version
+    deployment: DeploymentObservation | None = None
+    service: bool = False
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def observe_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) -> JobObservation:
+    """Simplify a batch/v1 Job and its Pods.
+
+    A failed Job's reason comes from the Pod's termination message (the fetcher's error, thanks to
+    terminationMessagePolicy FallbackToLogsOnError), else the Job's Failed condition. A succeeded
+    Pod's termination message may be the fetch result JSON ({"sha256", "sizeBytes", ...}).
+    """
+    status = job.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    failed_condition = conditions.get("Failed") or {}
+    complete = (conditions.get("Complete") or {}).get("status") == "True"
+    failed = failed_condition.get("status") == "True"
+    pod_messages: list[str] = []
+    result: dict[str, Any] = {}
+    for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp", ""))):
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated") or (
+                (container.get("lastState") or {}).get("terminated") or {}
+            )
+            message = str(terminated.get("message") or "").strip()
+            if not message:
+                continue
+            if terminated.get("exitCode") == 0:
+                try:
+                    parsed = json.loads(message)
+                except ValueError:
+                    continue
+                if isinstance(parsed, dict):
+                    result = parsed
+            else:
+                pod_messages.append(message.splitlines()[-1])
+    message = ""
+    failed_attempts = _int(status.get("failed"))
+    if failed_attempts and not failed and not complete and pod_messages:
+        message = pod_messages[-1]
+    if failed:
+        detail = pod_messages[-1] if pod_messages else ""
+        reason = failed_condition.get("message") or failed_condition.get("reason") or "the fetch Job failed"
+        message = f"{detail} ({reason})" if detail else str(reason)
+    size = _int(result.get("sizeBytes"))
+    return JobObservation(
+        name=str((job.get("metadata") or {}).get("name", "")),
+        active=_int(status.get("active")),
+        succeeded=complete,
+        failed=failed,
+        failed_attempts=failed_attempts,
+        message=message,
+        bytes_downloaded=size if complete else 0,
+        total_bytes=size,
+        sha256=str(result.get("sha256") or ""),
+        size_bytes=size,
+    )
+
+
+def observe_deployment(deployment: Mapping[str, Any]) -> DeploymentObservation:
+    metadata = deployment.get("metadata") or {}
+    status = deployment.get("status") or {}
+    progressing: dict[str, Any] = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "Progressing"), {}
+    )
+    return DeploymentObservation(
+        generation=_int(metadata.get("generation")),
+        observed_generation=_int(status.get("observedGeneration")),
+        replicas=_int(status.get("replicas")),
+        updated_replicas=_int(status.get("updatedReplicas")),
+        ready_replicas=_int(status.get("readyReplicas")),
+        available_replicas=_int(status.get("availableReplicas")),
+        progress_deadline_exceeded=progressing.get("reason") == "ProgressDeadlineExceeded",
+        message=str(progressing.get("message") or ""),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditions
+
+
+def set_condition(
+    previous: Sequence[Condition],
+    type: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    generation: int,
+    now: datetime,
+) -> Condition:
+    """A condition, keeping the previous lastTransitionTime when the status did not change."""
+    before = next((c for c in previous if c.type == type), None)
+    transition = (
+        before.last_transition_time
+        if before is not None and before.status == status and before.last_transition_time
+        else now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    )
+    return Condition(
+        type=type,
+        status=status,
+        reason=reason,
+        message=message,
+        observed_generation=generation,
+        last_transition_time=transition,
+    )
+
+
+@dataclass(frozen=True)
+class _State:
+    status: ConditionStatus
+    reason: str
+    message: str
+
+
+def _cache_state(plan: Plan, observed: ObservedChildren) -> tuple[_State, CachePhase]:
+    """ModelCached, and the cache phase (Pending, Fetching, Ready, Failed)."""
+    job = observed.fetch_job
+    claim = plan.cache.claim_name
+    model = plan.model.name
+    if job is not None and job.succeeded:
+        return _State(
+            "True", "Cached", f"{model} ({plan.model.quantization or plan.model.format}) is cached in {claim}"
+        ), "Ready"
+    if job is not None and job.failed:
+        return _State("False", "FetchFailed", f"fetching {plan.model.source} failed: {job.message}"), "Failed"
+    if job is not None and job.failed_attempts:
+        tries = plan.runtime.fetch_backoff_limit + 1
+        detail = f": {job.message}" if job.message else ""
+        return _State(
+            "False",
+            "FetchRetrying",
+            f"fetch attempt {job.failed_attempts} of {tries} for {plan.model.source} failed{detail}; "
+            "the Job retries with backoff",
+        ), "Fetching"
+    if job is not None and job.active:
+        progress = ""
+        if job.total_bytes:
+            progress = f" ({job.bytes_downloaded * 100 // job.total_bytes}% of {job.total_bytes} bytes)"
+        return _State("False", "Fetching", f"fetching {plan.model.source} into {claim}{progress}"), "Fetching"
+    if observed.claim_phase in (None, "Pending"):
+        return _State("False", "ClaimPending", f"waiting for claim {claim} to be bound"), "Pending"
+    return _State("False", "FetchPending", f"waiting for the fetch Job of {model} to start"), "Pending"
+
+
+def _ready_state(spec: SLMDeploymentSpec, observed: ObservedChildren, endpoint_url: str) -> _State:
+    deployment = observed.deployment
+    if deployment is None:
+        return _State("False", "Deploying", "the serving Deployment does not exist yet")
+    if spec.replicas == 0:
+        return _State("False", "ScaledToZero", "replicas is 0; nothing serves")
+    if deployment.observed_generation < deployment.generation or deployment.updated_replicas < spec.replicas:
+        return _State(
+            "False",
+            "RollingOut",
+            f"{deployment.updated_replicas} of {spec.replicas} replicas updated to the current configuration",
+        )
+    if deployment.ready_replicas < spec.replicas:
+        return _State(
+            "False", "WaitingForReplicas", f"{deployment.ready_replicas} of {spec.replicas} replicas ready"
+        )
+    if not observed.service:
+        return _State("False", "Deploying", "the Service does not exist yet")
+    return _State("True", "Available", f"{deployment.ready_replicas} replica(s) serving at {endpoint_url}")
+
+
+def compute_status(
+    *,
+    owner: Owner,
+    spec: SLMDeploymentSpec,
+    generation: int,
+    outcome: Plan | ResolveFailure,
+    observed: ObservedChildren,
+    previous: SLMDeploymentStatus | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The status subresource as a dict (camelCase, empty parts omitted)."""
+    prior = previous or SLMDeploymentStatus()
+    endpoint_url = endpoint(owner.name, owner.namespace, spec.api.port)
+
+    def condition(type: str, state: _State) -> Condition:
+        return set_condition(
+            prior.conditions, type, state.status, state.reason, state.message, generation, now
+        )
+
+    placement = prior.placement
+    model_status = prior.model
+    if isinstance(outcome, ResolveFailure):
+        placed = _State("False", outcome.reason, outcome.message)
+        cached = _State("Unknown", "NotPlaced", "the model is fetched once a tier can run it")
+        ready = _State("False", outcome.reason, outcome.message)
+        stalled = _State("True", outcome.reason, outcome.message)
+        reconciling = _State(
+            "False", outcome.reason, "waiting for a change of the spec, the nodes or the settings"
+        )
+        cache_status = prior.cache or CacheStatus(claim_name=cache_claim_name(owner.name), phase="Pending")
+    else:
+        plan = outcome
+        placement = _placement_status(plan)
+        job = observed.fetch_job
+        model_status = ModelStatus(
+            name=plan.model.name,
+            source=plan.model.source,
+            format=plan.model.format,
+            quantization=plan.model.quantization,
+            sha256=(job.sha256 if job and job.sha256 else plan.model.sha256.lower()),
+            size_bytes=(job.size_bytes if job and job.size_bytes else plan.model.size_bytes or 0),
+        )
+        placed = _State("True", "Placed", plan.placement.reason)
+        cached, phase = _cache_state(plan, observed)
+        cache_status = CacheStatus(
+            claim_name=plan.cache.claim_name,
+            phase=phase,
+            bytes_downloaded=job.bytes_downloaded if job else 0,
+            total_bytes=(job.total_bytes if job and job.total_bytes else plan.model.size_bytes or 0),
+            message=job.message if job and job.failed else "",
+        )
+        deployment = observed.deployment
+        if cached.reason == "FetchFailed":
+            ready = _State("False", "FetchFailed", cached.message)
+            stalled = _State("True", "FetchFailed", cached.message)
+            reconciling = _State(
+                "False", "FetchFailed", "waiting for a change of the spec to retry the fetch"
+            )
+        elif deployment is not None and deployment.progress_deadline_exceeded:
+            message = f"the Deployment is not progressing: {deployment.message}"
+            ready = _State("False", "ProgressDeadlineExceeded", message)
+            stalled = _State("True", "ProgressDeadlineExceeded", message)
+            reconciling = _State("False", "ProgressDeadlineExceeded", message)
+        else:
+            ready = (
+                _ready_state(spec, observed, endpoint_url)
+                if cached.status == "True"
+                else _State("False", cached.reason, cached.message)
+            )
+            stalled = _State("False", "Progressing" if ready.status != "True" else "Available", "")
+            settled = ready.status == "True" or ready.reason == "ScaledToZero"
+            reconciling = (
+                _State("False", ready.reason, "") if settled else _State("True", ready.reason, ready.message)
+            )
+
+    deployment = observed.deployment
+    status = SLMDeploymentStatus(
+        observed_generation=generation,
+        conditions=[
+            condition(READY, ready),
+            condition(RECONCILING, reconciling),
+            condition(STALLED, stalled),
+            condition(MODEL_CACHED, cached),
+            condition(PLACED, placed),
+        ],
+        placement=placement,
+        model=model_status,
+        cache=cache_status,
+        replicas=deployment.replicas if deployment else 0,
+        ready_replicas=deployment.ready_replicas if deployment else 0,
+        selector=selector_string(owner.name),
+        endpoint=endpoint_url,
+    )
+    return status.model_dump(by_alias=True, exclude_none=True)
+
+
+def _placement_status(plan: Plan) -> PlacementStatus:
+    placement = plan.placement
+    return PlacementStatus(
+        tier=placement.tier,
+        accelerator=placement.accelerator,
+        resource_name=placement.resource_name,
+        node_selector=dict(placement.node_selector),
+        quantization=plan.model.quantization,
+        format=plan.model.format,
+        backend=placement.backend,
+        execution_provider=placement.execution_provider,
+        memory_estimate_bytes=placement.memory.total_bytes,
+        reason=placement.reason,
+    )

@@ -1,0 +1,299 @@
+"""The generated CRD: no drift, structural, documented, and its CEL rules reject what they should.
+
+The CEL rules are evaluated here with cel-python against sample objects after applying the
+schema's defaults (as the API server does before validation); the cluster tests apply the same
+objects to a real API server.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import celpy
+import jsonschema
+import pytest
+import yaml
+
+from slm_operator.api.crd import (
+    CHART_CRD_DIR,
+    CRD_FILE_NAME,
+    CRD_PATH,
+    build_crd,
+    main,
+    render_chart_crd_yaml,
+    render_crd_yaml,
+)
+from slm_operator.api.v1alpha1 import SLMDeploymentSpec, SLMDeploymentStatus
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+CRD = build_crd()
+VERSION = CRD["spec"]["versions"][0]
+SCHEMA = VERSION["schema"]["openAPIV3Schema"]
+
+
+def test_committed_crd_matches_the_models() -> None:
+    committed = (REPO_ROOT / CRD_PATH).read_text(encoding="utf-8")
+    assert committed == render_crd_yaml(), "run `python -m slm_operator.api.crd --write` (make crds)"
+
+
+def test_chart_copy_matches_when_the_chart_ships_one() -> None:
+    chart_copy = REPO_ROOT / CHART_CRD_DIR / CRD_FILE_NAME
+    if not (REPO_ROOT / CHART_CRD_DIR).is_dir():
+        pytest.skip("this checkout has no chart templates/crds/ folder")
+    assert chart_copy.read_text(encoding="utf-8") == render_chart_crd_yaml()
+
+
+def test_write_puts_the_crd_in_crds_and_the_chart(tmp_path: Path) -> None:
+    (tmp_path / CHART_CRD_DIR).mkdir(parents=True)
+    extra = tmp_path / "elsewhere" / "crd.yaml"
+    assert main(["--write", "--root", str(tmp_path), "-o", str(extra)]) == 0
+    assert (tmp_path / CRD_PATH).read_text() == render_crd_yaml()
+    assert extra.read_text() == render_crd_yaml()
+    chart = (tmp_path / CHART_CRD_DIR / CRD_FILE_NAME).read_text()
+    assert chart.splitlines()[1] == "{{- if .Values.crds.install }}"
+    assert chart.endswith("{{- end }}\n")
+    assert yaml.safe_load("\n".join(chart.splitlines()[2:-1]))["metadata"]["annotations"] == {
+        "helm.sh/resource-policy": "keep"
+    }
+
+
+def test_names_subresources_and_columns() -> None:
+    assert CRD["metadata"]["name"] == "slmdeployments.slm.dev"
+    assert CRD["spec"]["group"] == "slm.dev"
+    assert CRD["spec"]["scope"] == "Namespaced"
+    names = CRD["spec"]["names"]
+    assert (names["kind"], names["plural"], names["shortNames"]) == (
+        "SLMDeployment",
+        "slmdeployments",
+        ["slm", "slmd"],
+    )
+    assert (VERSION["name"], VERSION["served"], VERSION["storage"]) == ("v1alpha1", True, True)
+    assert VERSION["subresources"] == {
+        "status": {},
+        "scale": {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        },
+    }
+    columns = {c["name"]: c["jsonPath"] for c in VERSION["additionalPrinterColumns"]}
+    assert columns == {
+        "Ready": '.status.conditions[?(@.type=="Ready")].status',
+        "Tier": ".status.placement.tier",
+        "Quant": ".status.placement.quantization",
+        "Model": ".status.model.name",
+        "Endpoint": ".status.endpoint",
+        "Age": ".metadata.creationTimestamp",
+    }
+
+
+def _walk(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    yield path, schema
+    for name, child in (schema.get("properties") or {}).items():
+        yield from _walk(child, f"{path}.{name}")
+    if isinstance(schema.get("items"), dict):
+        yield from _walk(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        yield from _walk(schema["additionalProperties"], f"{path}{{}}")
+
+
+def test_schema_is_structural_and_every_field_is_described() -> None:
+    for path, node in _walk(SCHEMA):
+        for forbidden in ("$ref", "$defs", "anyOf", "allOf", "oneOf", "title", "const", "nullable"):
+            assert forbidden not in node, f"{path} has {forbidden}"
+        assert node.get("additionalProperties") is not False, path
+        assert "type" in node or node.get("x-kubernetes-int-or-string"), f"{path} has no type"
+        is_map_value = path.endswith("{}")
+        if path and not path.startswith(".metadata") and not is_map_value and not path.endswith("[]"):
+            assert node.get("description"), f"{path} has no description (kubectl explain)"
+
+
+def test_defaults_and_enums() -> None:
+    spec = SCHEMA["properties"]["spec"]["properties"]
+    assert spec["replicas"]["default"] == 1
+    assert spec["hardware"]["default"] == {}
+    assert spec["hardware"]["properties"]["preferred"] == {
+        "type": "string",
+        "description": "Hardware tier tried first: npu, gpu or cpu.",
+        "default": "gpu",
+        "enum": ["npu", "gpu", "cpu"],
+    }
+    assert spec["hardware"]["properties"]["fallback"]["x-kubernetes-list-type"] == "set"
+    assert spec["api"]["properties"]["port"]["minimum"] == 1
+    assert spec["api"]["properties"]["port"]["maximum"] == 65535
+    assert spec["resources"]["properties"]["requests"]["additionalProperties"] == {
+        "x-kubernetes-int-or-string": True
+    }
+    assert spec["prompt"]["properties"]["parameters"]["x-kubernetes-preserve-unknown-fields"] is True
+    conditions = SCHEMA["properties"]["status"]["properties"]["conditions"]
+    assert (conditions["x-kubernetes-list-type"], conditions["x-kubernetes-list-map-keys"]) == (
+        "map",
+        ["type"],
+    )
+
+
+# --- validation as the API server would do it ------------------------------------------------
+
+_CEL = celpy.Environment()
+
+
+def _apply_defaults(schema: dict[str, Any], value: Any) -> Any:
+    if isinstance(value, dict) and "properties" in schema:
+        for name, child in schema["properties"].items():
+            if name not in value and "default" in child:
+                value[name] = copy.deepcopy(child["default"])
+            if name in value:
+                value[name] = _apply_defaults(child, value[name])
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_apply_defaults(schema["items"], item) for item in value]
+    return value
+
+
+def _cel_errors(schema: dict[str, Any], value: Any) -> list[str]:
+    errors: list[str] = []
+    for rule in schema.get("x-kubernetes-validations", []):
+        program = _CEL.program(_CEL.compile(rule["rule"]))
+        if not bool(program.evaluate({"self": celpy.json_to_cel(value)})):
+            errors.append(rule["message"])
+    if isinstance(value, dict):
+        for name, child in (schema.get("properties") or {}).items():
+            if name in value:
+                errors += _cel_errors(child, value[name])
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for item in value:
+            errors += _cel_errors(schema["items"], item)
+    return errors
+
+
+def validate(spec: dict[str, Any], name: str = "assistant") -> list[str]:
+    """Schema errors and failed CEL messages for an SLMDeployment with this spec."""
+    obj = _apply_defaults(
+        SCHEMA,
+        {"apiVersion": "slm.dev/v1alpha1", "kind": "SLMDeployment", "metadata": {"name": name}, "spec": spec},
+    )
+    errors = [error.message for error in jsonschema.Draft7Validator(SCHEMA).iter_errors(obj)]
+    return errors + _cel_errors(SCHEMA, obj)
+
+
+VALID_SPECS: list[dict[str, Any]] = [
+    {"model": {"name": "phi4:mini"}},
+    {
+        "model": {
+            "source": "hf://Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf",
+            "quantization": "q4_k_m",
+        },
+        "hardware": {
+            "preferred": "npu",
+            "fallback": ["gpu", "cpu"],
+            "count": 2,
+            "tolerations": [{"key": "a", "operator": "Exists"}],
+        },
+        "replicas": 3,
+        "resources": {"requests": {"cpu": 2, "memory": "8Gi"}},
+        "prompt": {"parameters": {"temperature": 0.2, "stop": ["\n"]}},
+        "api": {"apiKeySecretRef": {"name": "k", "key": "token"}},
+        "cache": {"size": "20Gi", "accessMode": "ReadWriteMany", "retain": False},
+    },
+    {
+        "model": {"name": "phi4:mini", "format": "onnx", "quantization": "int4"},
+        "hardware": {"preferred": "npu"},
+    },
+    {"model": {"name": "qwen2.5", "quantization": "auto"}, "hardware": {"preferred": "cpu", "fallback": []}},
+]
+
+
+@pytest.mark.parametrize("spec", VALID_SPECS)
+def test_valid_specs_pass_and_parse(spec: dict[str, Any]) -> None:
+    assert validate(copy.deepcopy(spec)) == []
+    SLMDeploymentSpec.model_validate(spec)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"model": {}}, "exactly one of model.name (a catalog name such as phi4:mini) and model.source"),
+        ({"model": {"name": "a", "source": "hf://x/y/z.gguf"}}, "exactly one of model.name"),
+        (
+            {"model": {"name": "a", "format": "gguf", "quantization": "int4"}},
+            "format gguf takes a GGUF quantization",
+        ),
+        (
+            {"model": {"name": "a", "format": "onnx", "quantization": "q4_k_m"}},
+            "format onnx takes an ONNX precision",
+        ),
+        ({"model": {"source": "https://h/m.gguf", "quantization": "int8"}}, "a .gguf source is a GGUF file"),
+        ({"model": {"source": "https://h/m.gguf", "format": "onnx"}}, "a .gguf source is a GGUF file"),
+        (
+            {"model": {"name": "a"}, "hardware": {"preferred": "gpu", "fallback": ["gpu", "cpu"]}},
+            "hardware.fallback must not contain the preferred tier",
+        ),
+        (
+            {"model": {"name": "a"}, "api": {"apiKeySecretRef": {"name": "k"}}},
+            "a Secret reference needs both name and key",
+        ),
+        (
+            {"model": {"name": "a"}, "api": {"openai": False, "ollama": False}},
+            "at least one of api.openai and api.ollama",
+        ),
+        (
+            {"model": {"name": "a"}, "replicas": 2, "cache": {"accessMode": "ReadWriteOnce"}},
+            "replicas above 1 need cache.accessMode ReadWriteMany",
+        ),
+    ],
+)
+def test_cel_rules_reject(spec: dict[str, Any], message: str) -> None:
+    errors = validate(spec)
+    assert any(error.startswith(message) for error in errors), errors
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"model": {"name": "a"}, "api": {"port": 70000}},
+        {"model": {"name": "a"}, "hardware": {"preferred": "tpu"}},
+        {"model": {"name": "a"}, "hardware": {"count": 0}},
+        {"model": {"name": "a"}, "hardware": {"fallback": ["cpu", "gpu", "npu"]}},
+        {"model": {"name": "a", "quantization": "q9"}},
+        {"model": {"source": "ftp://host/model.gguf"}},
+        {"model": {"name": "a", "sha256": "xyz"}},
+        {"model": {"name": "a"}, "cache": {"size": "lots"}},
+    ],
+)
+def test_schema_rejects(spec: dict[str, Any]) -> None:
+    assert validate(spec) != []
+
+
+def test_metadata_name_must_leave_room_for_child_names() -> None:
+    assert validate({"model": {"name": "a"}}, name="a" * 48) == []
+    assert any(
+        e.startswith("metadata.name must be at most 48")
+        for e in validate({"model": {"name": "a"}}, name="a" * 49)
+    )
+    assert any(
+        e.startswith("metadata.name must be a DNS-1035 label")
+        for e in validate({"model": {"name": "a"}}, name="my.model")
+    )
+
+
+def test_cel_rules_exist_where_expected() -> None:
+    rules = {
+        path: [v["message"] for v in node.get("x-kubernetes-validations", [])] for path, node in _walk(SCHEMA)
+    }
+    assert len(rules[""]) == 2
+    assert len(rules[".spec"]) == 1
+    assert len(rules[".spec.model"]) == 4
+    assert len(rules[".spec.hardware"]) == 1
+    assert len(rules[".spec.api"]) == 1
+    assert len(rules[".spec.api.apiKeySecretRef"]) == 1
+    assert len(rules[".spec.model.hfTokenSecretRef"]) == 1
+
+
+def test_status_model_round_trips_the_schema() -> None:
+    status = SLMDeploymentStatus.model_validate(
+        {"observedGeneration": 2, "conditions": [{"type": "Ready", "status": "True"}], "selector": "a=b"}
+    )
+    dumped = status.model_dump(by_alias=True, exclude_none=True)
+    assert list(jsonschema.Draft7Validator(SCHEMA["properties"]["status"]).iter_errors(dumped)) == []

@@ -1,0 +1,280 @@
+"""Reconcile against an in-memory API: what it applies, when it writes status, and when not."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from slm_operator.catalog import Catalog
+from slm_operator.k8s import ApiError
+from slm_operator.metrics import OperatorMetrics
+from slm_operator.reconcile import (
+    CACHED_MODELS_ANNOTATION,
+    Reconciler,
+    cached_models,
+    contains,
+    fetch_retry_delay,
+)
+from slm_operator.settings import OperatorSettings
+from tests.unit.operator.conftest import cpu_node
+
+NOW = datetime(2026, 11, 30, 2, 0, 0, tzinfo=UTC)
+KEY = ("ai", "assistant")
+
+
+class FakeApi:
+    """Stores objects by (kind, namespace, name); records every write."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.writes: list[str] = []
+        self.events: list[tuple[str, str]] = []
+        self.fail_apply: dict[str, ApiError] = {}
+
+    def put(self, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        self.objects[(obj["kind"], meta.get("namespace", ""), meta["name"])] = obj
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        obj = self.objects.get((kind, namespace, name))
+        return copy.deepcopy(obj) if obj else None
+
+    async def list(self, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        key, _, value = label_selector.partition("=")
+        return [
+            copy.deepcopy(o)
+            for (k, ns, _), o in self.objects.items()
+            if k == kind and ns == namespace and o["metadata"].get("labels", {}).get(key) == value
+        ]
+
+    async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        kind = str(manifest["kind"])
+        if kind in self.fail_apply:
+            raise self.fail_apply[kind]
+        meta = manifest["metadata"]
+        self.writes.append(f"apply {kind}/{meta['name']}")
+        live = self.objects.get((kind, meta.get("namespace", ""), meta["name"]), {})
+        merged = {**copy.deepcopy(dict(manifest)), "status": live.get("status", {})}
+        merged["metadata"] = {**live.get("metadata", {}), **copy.deepcopy(dict(meta))}
+        self.put(merged)
+        return copy.deepcopy(merged)
+
+    async def delete(self, kind: str, namespace: str, name: str) -> None:
+        self.writes.append(f"delete {kind}/{name}")
+        self.objects.pop((kind, namespace, name), None)
+
+    async def annotate(self, kind: str, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+        self.writes.append(f"annotate {kind}/{name}")
+        meta = self.objects[(kind, namespace, name)]["metadata"]
+        meta["annotations"] = {**meta.get("annotations", {}), **annotations}
+
+    async def patch_status(self, kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.writes.append(f"status {kind}/{name}")
+        self.objects[(kind, namespace, name)]["status"] = copy.deepcopy(dict(status))
+
+    async def event(
+        self, involved: Mapping[str, Any], *, reason: str, message: str, type_: str = "Normal"
+    ) -> None:
+        self.events.append((reason, message))
+
+
+def slm_body(spec: dict[str, Any], generation: int = 1) -> dict[str, Any]:
+    return {
+        "apiVersion": "slm.dev/v1alpha1",
+        "kind": "SLMDeployment",
+        "metadata": {"name": "assistant", "namespace": "ai", "uid": "uid-1", "generation": generation},
+        "spec": spec,
+    }
+
+
+@pytest.fixture
+def api() -> FakeApi:
+    return FakeApi()
+
+
+@pytest.fixture
+def reconciler(api: FakeApi, catalog: Catalog) -> Reconciler:
+    settings = OperatorSettings(fetch_retry_base_seconds=30, fetch_retry_max_seconds=3600)
+    current = Reconciler(api, settings, catalog, OperatorMetrics(), clock=lambda: NOW)
+    current.set_nodes([cpu_node("cpu-0", memory="64Gi")])
+    return current
+
+
+def set_job_condition(api: FakeApi, type_: str, *, failed: int = 0, when: datetime = NOW) -> str:
+    job = next(o for (k, _, _), o in api.objects.items() if k == "Job")
+    job["status"] = {
+        "failed": failed,
+        "conditions": [
+            {"type": type_, "status": "True", "lastTransitionTime": when.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        ],
+    }
+    return str(job["metadata"]["name"])
+
+
+def make_deployment_ready(api: FakeApi) -> None:
+    deployment = api.objects[("Deployment", "ai", "assistant")]
+    deployment["metadata"]["generation"] = 1
+    deployment["status"] = {
+        "observedGeneration": 1,
+        "replicas": 1,
+        "updatedReplicas": 1,
+        "readyReplicas": 1,
+        "availableReplicas": 1,
+    }
+
+
+def conditions(api: FakeApi) -> dict[str, tuple[str, str]]:
+    status = api.objects[("SLMDeployment", "ai", "assistant")]["status"]
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+async def test_converges_in_steps_then_writes_nothing(api: FakeApi, reconciler: Reconciler) -> None:
+    api.put(slm_body({"model": {"name": "qwen2.5:0.5b"}, "hardware": {"preferred": "cpu"}}))
+
+    first = await reconciler.reconcile(KEY)
+    job_name = next(name for (kind, _, name) in api.objects if kind == "Job")
+    assert first.applied == [
+        "PersistentVolumeClaim/assistant-model-cache",
+        f"Job/{job_name}",
+        "Service/assistant",
+    ]
+    assert first.status_written
+    assert conditions(api)["ModelCached"][0] == "False"
+    assert ("Deployment", "ai", "assistant") not in api.objects  # nothing serves an uncached model
+    assert api.events[0][0] == "Placed"
+
+    set_job_condition(api, "Complete")
+    second = await reconciler.reconcile(KEY)
+    assert second.applied == [
+        "PersistentVolumeClaim/assistant-model-cache#cached",
+        "Deployment/assistant",
+    ]
+    make_deployment_ready(api)
+    await reconciler.reconcile(KEY)
+    assert conditions(api) == {
+        "Ready": ("True", "Available"),
+        "Reconciling": ("False", "Available"),
+        "Stalled": ("False", "Available"),
+        "ModelCached": ("True", "Cached"),
+        "Placed": ("True", "Placed"),
+    }
+
+    api.writes.clear()
+    steady = await reconciler.reconcile(KEY)
+    assert steady.applied == []
+    assert not steady.status_written
+    assert api.writes == []
+    assert len([e for e in api.events if e[0] == "Placed"]) == 1
+
+
+async def test_hand_edits_are_reverted(api: FakeApi, reconciler: Reconciler) -> None:
+    api.put(slm_body({"model": {"name": "qwen2.5:0.5b"}, "hardware": {"preferred": "cpu"}}))
+    await reconciler.reconcile(KEY)
+    set_job_condition(api, "Complete")
+    await reconciler.reconcile(KEY)
+    api.objects[("Deployment", "ai", "assistant")]["spec"]["replicas"] = 5
+    del api.objects[("Service", "ai", "assistant")]
+    api.writes.clear()
+    result = await reconciler.reconcile(KEY)
+    assert result.applied == ["Deployment/assistant", "Service/assistant"]
+    assert api.objects[("Deployment", "ai", "assistant")]["spec"]["replicas"] == 1
+
+
+async def test_a_cached_model_is_not_fetched_again(api: FakeApi, reconciler: Reconciler) -> None:
+    api.put(slm_body({"model": {"name": "qwen2.5:0.5b"}, "hardware": {"preferred": "cpu"}}))
+    await reconciler.reconcile(KEY)
+    job_name = set_job_condition(api, "Complete")
+    await reconciler.reconcile(KEY)
+    claim = api.objects[("PersistentVolumeClaim", "ai", "assistant-model-cache")]
+    assert list(cached_models(claim)) == [
+        api.objects[("Job", "ai", job_name)]["metadata"]["annotations"]["slm.dev/model-cache-key"]
+    ]
+
+    # The SLMDeployment is deleted (its Job with it) and created again; the claim was retained.
+    for kind in ("Job", "Deployment", "Service", "SLMDeployment"):
+        for key in [k for k in api.objects if k[0] == kind]:
+            del api.objects[key]
+    api.put(slm_body({"model": {"name": "qwen2.5:0.5b"}, "hardware": {"preferred": "cpu"}}))
+    api.writes.clear()
+    result = await reconciler.reconcile(KEY)
+    assert not any(name.startswith("Job/") for name in result.applied)
+    assert "Deployment/assistant" in result.applied
+    assert conditions(api)["ModelCached"] == ("True", "Cached")
+
+
+async def test_failed_fetch_is_retried_with_doubling_backoff(api: FakeApi, reconciler: Reconciler) -> None:
+    api.put(slm_body({"model": {"name": "qwen2.5:0.5b"}, "hardware": {"preferred": "cpu"}}))
+    await reconciler.reconcile(KEY)
+    job_name = set_job_condition(api, "Failed", failed=5, when=NOW - timedelta(seconds=10))
+    waiting = await reconciler.reconcile(KEY)
+    assert waiting.requeue_after == 20.0  # 30 s after the failure, 10 s of which have passed
+    assert ("Job", "ai", job_name) in api.objects
+    assert conditions(api)["ModelCached"] == ("False", "FetchFailed")
+    assert api.events[-1] == ("FetchFailed", "fetch attempt 1 failed: the fetch Job failed; retrying in 30s")
+
+    set_job_condition(api, "Failed", failed=5, when=NOW - timedelta(seconds=31))
+    retried = await reconciler.reconcile(KEY)
+    assert retried.applied == [f"-Job/{job_name}"]
+    assert ("Job", "ai", job_name) not in api.objects
+    recreated = await reconciler.reconcile(KEY)
+    assert f"Job/{job_name}" in recreated.applied
+
+    set_job_condition(api, "Failed", failed=5, when=NOW - timedelta(seconds=31))
+    second_wait = await reconciler.reconcile(KEY)
+    assert second_wait.requeue_after == 29.0  # attempt 2 waits 60 s
+
+
+async def test_unplaceable_writes_stalled_and_creates_nothing(api: FakeApi, reconciler: Reconciler) -> None:
+    reconciler.set_nodes([])
+    api.put(
+        slm_body({"model": {"name": "qwen2.5:0.5b"}, "hardware": {"preferred": "gpu", "fallback": ["cpu"]}})
+    )
+    result = await reconciler.reconcile(KEY)
+    assert result.applied == []
+    assert result.outcome == "Unplaceable"
+    assert conditions(api)["Stalled"] == ("True", "Unplaceable")
+    assert api.events[-1][0] == "Unplaceable"
+    assert reconciler.set_nodes([cpu_node("cpu-9")])  # a node arriving is a change
+    assert not reconciler.set_nodes([cpu_node("cpu-9")])  # the same inventory is not
+
+
+async def test_a_claim_that_cannot_grow_is_kept(api: FakeApi, reconciler: Reconciler) -> None:
+    api.put(slm_body({"model": {"name": "qwen2.5:0.5b"}, "hardware": {"preferred": "cpu"}}))
+    await reconciler.reconcile(KEY)
+    claim = api.objects[("PersistentVolumeClaim", "ai", "assistant-model-cache")]
+    claim["spec"]["resources"]["requests"]["storage"] = "1Mi"  # differs from what is wanted
+    api.fail_apply["PersistentVolumeClaim"] = ApiError(403, "only dynamically provisioned pvc can be resized")
+    result = await reconciler.reconcile(KEY)
+    assert "PersistentVolumeClaim/assistant-model-cache" not in result.applied
+    assert any(reason == "CacheNotResized" for reason, _ in api.events)
+
+
+async def test_deleted_object_is_forgotten(api: FakeApi, reconciler: Reconciler) -> None:
+    reconciler.known.add(KEY)
+    result = await reconciler.reconcile(KEY)
+    assert result.applied == [] and KEY not in reconciler.known
+
+
+def test_contains_ignores_server_additions_and_compares_quantities() -> None:
+    live = {"spec": {"a": 1, "b": [{"x": "1Gi", "y": 2}], "extra": True}, "status": {}}
+    assert contains(live, {"spec": {"a": 1, "b": [{"x": "1024Mi"}]}})
+    assert not contains(live, {"spec": {"a": 2}})
+    assert not contains(live, {"spec": {"b": [{"x": "1Gi"}, {"x": "2Gi"}]}})
+    assert not contains({"flag": 1}, {"flag": True})
+    assert not contains({"name": "abc"}, {"name": "abd"})
+
+
+def test_fetch_retry_delay_doubles_up_to_the_cap() -> None:
+    assert [fetch_retry_delay(n, 30, 100) for n in (1, 2, 3, 4)] == [30.0, 60.0, 100.0, 100.0]
+
+
+def test_cached_models_tolerates_garbage() -> None:
+    assert cached_models(None) == {}
+    assert cached_models({"metadata": {"annotations": {CACHED_MODELS_ANNOTATION: "not json"}}}) == {}
+    assert cached_models(
+        {"metadata": {"annotations": {CACHED_MODELS_ANNOTATION: '{"k": {"sha256": "ab"}}'}}}
+    ) == {"k": {"sha256": "ab"}}
