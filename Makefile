@@ -66,5 +66,10 @@ test-k8s: install cluster-bins ## tests against the real local control plane (st
 test: install cluster-bins lint typecheck ## everything CI runs: lint, types, all tests (starts the control plane)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+crds: install ## regenerate the CRD (crds/, the chart) and the plain install manifest from the pydantic API
+	$(PY) -m slm_operator.api.crd --write
+	$(PY) charts/slm-operator/hack/sync-crds.py --check
+	bash deploy/render.sh
+
 clean: cluster-down ## remove the virtual environment and caches in the tree
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -15,14 +15,19 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import yaml
 
 import localcluster
 from localcluster import ClusterError, LocalCluster
@@ -161,3 +166,115 @@ def fake_nodes(cluster: LocalCluster) -> Iterator[FakeNodes]:
         yield nodes
     finally:
         nodes.cleanup()
+
+
+# --- the operator under test ---------------------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CRD_FILES = sorted((REPO_ROOT / "crds").glob("*.yaml"))
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: LocalCluster) -> list[str]:
+    """The generated CRDs, applied once per run and Established."""
+    names: list[str] = []
+    for path in CRD_FILES:
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+        names.append(yaml.safe_load(path.read_text())["metadata"]["name"])
+    for name in names:
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+    return names
+
+
+class OperatorProcess:
+    """`python -m slm_operator` as a separate process, scoped to one namespace."""
+
+    def __init__(self, cluster: LocalCluster, namespace: str, env: dict[str, str], log_path: Path) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.env = env
+        self.log_path = log_path
+        self.metrics_port = localcluster.free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), **self.env}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "slm_operator",
+                    "--namespace",
+                    self.namespace,
+                    "--log-format",
+                    "plain",
+                    "--metrics-port",
+                    str(self.metrics_port),
+                    "--health-port",
+                    "0",
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT,
+            )
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def metrics(self) -> str:
+        """The operator's /metrics text; "" while it is not serving yet."""
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+            ) as response:
+                return str(response.read().decode())
+        except OSError:
+            return ""
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture
+def operator_env() -> dict[str, str]:
+    """Extra environment (operator settings) for the operator under test; tests may override."""
+    return {}
+
+
+@pytest.fixture
+def slm_operator(
+    cluster: LocalCluster,
+    crds: list[str],
+    namespace: str,
+    operator_env: dict[str, str],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(cluster, namespace, operator_env, tmp_path / "operator.log")
+    process.start()
+    yield process
+    process.stop()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(f"--- operator log ({process.log_path}) ---\n{process.log()[-8000:]}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{report.when}", report)

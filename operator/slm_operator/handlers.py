@@ -1,0 +1,135 @@
+"""Kopf registrations only: parse what Kopf hands over and ask the reconciler to act.
+
+Everything is driven by watch events, so the operator is level-triggered: an
+SLMDeployment event (create, update, the initial listing after a restart, our own
+status writes), an event on a child it labelled, or a change of the node inventory
+all enqueue the same reconcile. No handler writes Kopf progress annotations: the
+objects carry nothing but what the user and the status say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from slm_operator.catalog import load_catalog
+from slm_operator.k8s import Kubernetes
+from slm_operator.metrics import OperatorMetrics
+from slm_operator.naming import INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL
+from slm_operator.reconcile import Reconciler
+from slm_operator.resolve import NodeFacts
+from slm_operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL = "slm.dev", "v1alpha1", "slmdeployments"
+CHILD_SELECTOR = {MANAGED_BY_LABEL: MANAGED_BY, INSTANCE_LABEL: kopf.PRESENT}
+RESYNC_SECONDS = 600.0
+
+
+class OperatorState:
+    """What the handlers share; built at start-up (no module-level I/O)."""
+
+    reconciler: Reconciler | None = None
+    kube: Kubernetes | None = None
+    metrics: OperatorMetrics = OperatorMetrics()
+    resync_task: asyncio.Task[None] | None = None
+
+
+state = OperatorState()
+
+
+def reconciler() -> Reconciler:
+    if state.reconciler is None:
+        raise kopf.TemporaryError("the operator is still starting", delay=1)
+    return state.reconciler
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Kopf's own bookkeeping, should it ever need any, goes under our prefix.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.slm.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf.slm.dev")
+    settings.persistence.finalizer = "slm.dev/kopf-finalizer"
+    settings.posting.level = logging.WARNING  # our reconciler posts the Events users need
+    settings.watching.server_timeout = 300  # re-establish watches every 5 minutes at most
+    settings.networking.request_timeout = 60
+    operator_settings = OperatorSettings()
+    catalog = load_catalog(operator_settings.catalog_overrides())
+    state.kube = await Kubernetes.connect(state.metrics)
+    state.reconciler = Reconciler(state.kube, operator_settings, catalog, state.metrics)
+    state.resync_task = asyncio.get_running_loop().create_task(_resync_forever())
+    log.info(
+        "slm-operator started: %d catalog models, tiers %s",
+        len(catalog.names()),
+        list(operator_settings.tiers),
+    )
+
+
+@kopf.on.cleanup()
+async def stop(**_: Any) -> None:
+    if state.resync_task is not None:
+        state.resync_task.cancel()
+    if state.reconciler is not None:
+        await state.reconciler.idle()
+    if state.kube is not None:
+        await state.kube.close()
+
+
+async def _resync_forever() -> None:
+    """A periodic pass over every object: catches anything a missed event left behind."""
+    while True:
+        await asyncio.sleep(RESYNC_SECONDS)
+        reconciler().enqueue_all()
+
+
+@kopf.index("nodes")
+def node_inventory(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeFacts]:
+    """The node inventory comes from this watch, never from a list per reconcile."""
+    return {name: NodeFacts.from_node(body)}
+
+
+def _inventory(index: kopf.Index[str, NodeFacts]) -> list[NodeFacts]:
+    return [facts for store in index.values() for facts in store]
+
+
+@kopf.on.event("nodes")  # type: ignore[arg-type]
+async def node_changed(node_inventory: kopf.Index[str, NodeFacts], **_: Any) -> None:
+    current = reconciler()
+    if current.set_nodes(_inventory(node_inventory)):
+        # Something placement reads changed (a node came, went, or changed devices or
+        # labels): every deployment is re-resolved (Stalled ones may now be placed).
+        state.metrics.nodes.set(len(current.nodes))
+        current.enqueue_all()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]
+async def slmdeployment_event(
+    type: str | None, namespace: str, name: str, node_inventory: kopf.Index[str, NodeFacts], **_: Any
+) -> None:
+    current = reconciler()
+    current.set_nodes(_inventory(node_inventory))
+    if type == "DELETED":
+        current.forget((namespace, name))
+    else:
+        current.enqueue((namespace, name))
+    state.metrics.managed.set(len(current.known))
+
+
+async def _child_event(namespace: str, labels: kopf.Labels, **_: Any) -> None:
+    """A child changed (status, a hand edit, a deletion): reconcile its owner."""
+    owner = labels.get(INSTANCE_LABEL)
+    if owner:
+        reconciler().enqueue((namespace, owner))
+
+
+for _group, _version, _plural in (
+    ("apps", "v1", "deployments"),
+    ("", "v1", "services"),
+    ("batch", "v1", "jobs"),
+    ("", "v1", "persistentvolumeclaims"),
+):
+    kopf.on.event(_group, _version, _plural, labels=CHILD_SELECTOR, id=f"child-{_plural}")(_child_event)  # type: ignore[arg-type]

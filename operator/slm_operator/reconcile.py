@@ -1,0 +1,510 @@
+"""Level-triggered reconcile of one SLMDeployment, and the queue that runs it.
+
+The same function runs on create, update, resume, child changes, node changes and a
+periodic resync: read the object, resolve a plan from the spec and the node inventory,
+apply the children that differ from what is wanted (server-side apply, one field manager),
+observe them and write status only when it changed. In steady state it writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pydantic
+
+from slm_operator.api.v1alpha1 import SLMDeploymentSpec, SLMDeploymentStatus
+from slm_operator.builders import build_deployment, build_fetch_job, build_pvc, build_service
+from slm_operator.catalog import Catalog
+from slm_operator.k8s import ApiError, KubeApi
+from slm_operator.metrics import OperatorMetrics
+from slm_operator.naming import cache_claim_name, fetch_job_name, selector_string
+from slm_operator.resolve import (
+    ExistingClaim,
+    Facts,
+    NodeFacts,
+    Owner,
+    Plan,
+    ResolveFailure,
+    parse_quantity,
+    resolve,
+)
+from slm_operator.settings import OperatorSettings
+from slm_operator.status import (
+    JobObservation,
+    ObservedChildren,
+    compute_status,
+    observe_deployment,
+    observe_job,
+)
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, name)
+
+# On the cache claim: JSON {cache key: {source, sha256, sizeBytes}} of the models it holds.
+CACHED_MODELS_ANNOTATION = "slm.dev/cached-models"
+
+
+def fetch_retry_delay(attempt: int, base: float, cap: float) -> float:
+    """Seconds to wait before fetch attempt ``attempt + 1`` (attempt counts from 1)."""
+    return float(min(base * 2 ** max(attempt - 1, 0), cap))
+
+
+_QUANTITY_TEXT = re.compile(r"^[+]?[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?$")
+
+
+def _same_quantity(a: str, b: str) -> bool:
+    """Whether two strings are the same Kubernetes quantity written differently."""
+    if not (_QUANTITY_TEXT.match(a) and _QUANTITY_TEXT.match(b)):
+        return False
+    return parse_quantity(a) == parse_quantity(b)
+
+
+def contains(observed: Any, desired: Any) -> bool:
+    """Whether every field the operator sets has the wanted value in the live object.
+
+    Fields the server or other controllers add (defaults, status, clusterIP) are ignored;
+    quantities compare by value ("1024Mi" equals "1Gi").
+    """
+    if isinstance(desired, Mapping):
+        if not isinstance(observed, Mapping):
+            return False
+        return all(contains(observed.get(key), value) for key, value in desired.items())
+    if isinstance(desired, list):
+        if not isinstance(observed, list) or len(observed) != len(desired):
+            return False
+        return all(contains(o, d) for o, d in zip(observed, desired, strict=True))
+    if isinstance(desired, str) and isinstance(observed, str) and desired != observed:
+        return _same_quantity(desired, observed)
+    if isinstance(desired, bool) or isinstance(observed, bool):
+        return desired is observed
+    if isinstance(desired, int | float) and isinstance(observed, int | float):
+        return float(desired) == float(observed)
+    return bool(observed == desired)
+
+
+@dataclass
+class ReconcileResult:
+    """What one reconcile did (for logs, metrics and tests)."""
+
+    applied: list[str] = field(default_factory=list)
+    status_written: bool = False
+    outcome: str = ""  # tier placed on, or the failure reason
+    requeue_after: float | None = None
+
+
+class Reconciler:
+    """Runs reconciles: one at a time per object, coalescing bursts of triggers."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        settings: OperatorSettings,
+        catalog: Catalog,
+        metrics: OperatorMetrics,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        concurrency: int = 8,
+    ) -> None:
+        self.api = api
+        self.settings = settings
+        self.catalog = catalog
+        self.metrics = metrics
+        self.clock = clock
+        self.nodes: dict[str, NodeFacts] = {}
+        self.known: set[Key] = set()
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._pending: set[Key] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._slots = asyncio.Semaphore(concurrency)
+        self._failures: dict[Key, int] = {}
+        # Fetch attempts per (object, Job name); in memory: after a restart retries start over.
+        self._fetch_attempts: dict[tuple[Key, str], int] = {}
+        self._last_event: dict[Key, tuple[str, str]] = {}
+        self._last_notice: dict[Key, tuple[str, str]] = {}
+
+    # --- inputs ---------------------------------------------------------------------------
+    def set_nodes(self, nodes: Iterable[NodeFacts]) -> bool:
+        """Replace the inventory; True when anything placement reads changed."""
+        fresh = {node.name: node for node in nodes}
+        changed = fresh != self.nodes
+        self.nodes = fresh
+        return changed
+
+    def forget(self, key: Key) -> None:
+        self.known.discard(key)
+        self._failures.pop(key, None)
+        self._last_event.pop(key, None)
+        self._last_notice.pop(key, None)
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        for attempt_key in [k for k in self._fetch_attempts if k[0] == key]:
+            del self._fetch_attempts[attempt_key]
+
+    # --- queue ----------------------------------------------------------------------------
+    def enqueue(self, key: Key) -> None:
+        """Ask for a reconcile of ``key`` soon; triggers that arrive before it starts merge."""
+        self.known.add(key)
+        if key in self._pending:
+            return
+        self._pending.add(key)
+        task = asyncio.get_running_loop().create_task(self._run(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def enqueue_all(self) -> None:
+        for key in sorted(self.known):
+            self.enqueue(key)
+
+    def enqueue_after(self, key: Key, delay: float) -> None:
+        previous = self._timers.pop(key, None)
+        if previous is not None:
+            previous.cancel()
+        self._timers[key] = asyncio.get_running_loop().call_later(delay, self.enqueue, key)
+
+    async def idle(self) -> None:
+        """Wait until no reconcile is queued or running (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def _run(self, key: Key) -> None:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock, self._slots:
+            self._pending.discard(key)
+            started = time.perf_counter()
+            try:
+                result = await self.reconcile(key)
+            except ApiError as error:
+                failures = self._failures.get(key, 0) + 1
+                self._failures[key] = failures
+                delay = min(2.0**failures, 300.0)
+                self.metrics.reconcile_errors.inc()
+                self.metrics.reconciles.labels(result="error").inc()
+                log.warning(
+                    "reconcile of %s/%s failed (retry in %.0fs): %s", key[0], key[1], delay, error.message
+                )
+                self.enqueue_after(key, delay)
+                return
+            finally:
+                self.metrics.reconcile_duration.observe(time.perf_counter() - started)
+            self._failures.pop(key, None)
+            self.metrics.reconciles.labels(result="ok").inc()
+            if result.requeue_after is not None:
+                self.enqueue_after(key, result.requeue_after)
+
+    # --- the reconcile itself ---------------------------------------------------------------
+    async def reconcile(self, key: Key) -> ReconcileResult:
+        namespace, name = key
+        result = ReconcileResult()
+        body = await self.api.get("SLMDeployment", namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            self.forget(key)
+            return result
+        meta = body["metadata"]
+        owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
+        generation = int(meta.get("generation", 1))
+        previous = _previous_status(body)
+        try:
+            spec = SLMDeploymentSpec.model_validate(body.get("spec") or {})
+        except pydantic.ValidationError as error:
+            # Admission rejects invalid specs; this only happens when the CRD is older than us.
+            failure = ResolveFailure("ConfigurationError", f"spec is invalid: {_first_error(error)}")
+            await self._write_status(
+                body, owner, None, generation, failure, ObservedChildren(), previous, result
+            )
+            return result
+
+        claim = await self.api.get("PersistentVolumeClaim", namespace, cache_claim_name(name))
+        facts = Facts(
+            catalog=self.catalog,
+            nodes=list(self.nodes.values()),
+            settings=self.settings,
+            existing_claim=ExistingClaim.from_pvc(claim) if claim else None,
+            fetched_model_bytes=(
+                previous.model.size_bytes if previous.model and previous.model.size_bytes else None
+            ),
+            fetched_model_source=previous.model.source if previous.model else "",
+        )
+        outcome = resolve(owner, spec, facts)
+        if isinstance(outcome, ResolveFailure):
+            result.outcome = outcome.reason
+            observed = ObservedChildren(claim_phase=_phase(claim))
+            await self._write_status(body, owner, spec, generation, outcome, observed, previous, result)
+            return result
+
+        plan = outcome
+        result.outcome = plan.placement.tier
+        observed = await self._converge_children(key, plan, claim, result)
+        await self._write_status(body, owner, spec, generation, plan, observed, previous, result)
+        return result
+
+    async def _apply_if_drifted(
+        self, manifest: dict[str, Any], live: Mapping[str, Any] | None, result: ReconcileResult
+    ) -> dict[str, Any]:
+        if live is not None and contains(live, manifest):
+            return dict(live)
+        applied = await self.api.apply(manifest)
+        result.applied.append(f"{manifest['kind']}/{manifest['metadata']['name']}")
+        return applied
+
+    async def _converge_children(
+        self, key: Key, plan: Plan, claim: Mapping[str, Any] | None, result: ReconcileResult
+    ) -> ObservedChildren:
+        namespace, name = key
+        try:
+            claim = await self._apply_if_drifted(build_pvc(plan), claim, result)
+        except ApiError as error:
+            if claim is None or error.status not in (403, 422):
+                raise
+            # The claim exists but cannot change (e.g. its class does not allow expansion):
+            # keep using it; a fetch that runs out of space says so in ModelCached.
+            await self._notify(
+                plan.owner,
+                "CacheNotResized",
+                f"cache claim {plan.cache.claim_name} cannot be changed to {plan.cache.size}: {error.message}",
+                "Warning",
+            )
+
+        job_name = fetch_job_name(name, plan.model.cache_key)
+        cached = cached_models(claim)
+        record = cached.get(plan.model.cache_key)
+        job = await self.api.get("Job", namespace, job_name)
+        if job is None and record is not None:
+            # Already in the cache (a retained claim, or a Job since cleaned up): never fetch twice.
+            size = int(record.get("sizeBytes") or 0)
+            job_seen = JobObservation(
+                name="",
+                succeeded=True,
+                sha256=str(record.get("sha256") or ""),
+                size_bytes=size,
+                total_bytes=size,
+                bytes_downloaded=size,
+            )
+        else:
+            if job is None:
+                job = await self.api.apply(build_fetch_job(plan))
+                result.applied.append(f"Job/{job_name}")
+            pods: list[dict[str, Any]] = []
+            if _job_failed(job) or _job_failed_pods(job) or (_job_complete(job) and record is None):
+                # The fetcher's last word (error, or its result record) is in the pod's
+                # termination message; read once per outcome, not on every pass.
+                pods = await self.api.list("Pod", namespace, f"job-name={job_name}")
+            job_seen = observe_job(job, pods)
+            if job_seen.failed:
+                await self._schedule_fetch_retry(plan.owner, job, job_seen.message, result)
+            elif job_seen.succeeded:
+                self._fetch_attempts.pop((key, job_name), None)
+                if record is None:
+                    cached[plan.model.cache_key] = {
+                        "source": plan.model.source,
+                        "sha256": job_seen.sha256,
+                        "sizeBytes": job_seen.size_bytes,
+                    }
+                    await self.api.annotate(
+                        "PersistentVolumeClaim",
+                        namespace,
+                        plan.cache.claim_name,
+                        {CACHED_MODELS_ANNOTATION: json.dumps(cached, sort_keys=True, separators=(",", ":"))},
+                    )
+                    result.applied.append(f"PersistentVolumeClaim/{plan.cache.claim_name}#cached")
+
+        deployment = await self.api.get("Deployment", namespace, name)
+        if job_seen.succeeded:
+            # Serve only a cached model; until the new one is cached, the old Deployment keeps serving.
+            deployment = await self._apply_if_drifted(build_deployment(plan), deployment, result)
+        service = await self.api.get("Service", namespace, name)
+        service = await self._apply_if_drifted(build_service(plan), service, result)
+        return ObservedChildren(
+            claim_phase=_phase(claim),
+            fetch_job=job_seen,
+            deployment=observe_deployment(deployment) if deployment else None,
+            service=service is not None,
+        )
+
+    async def _schedule_fetch_retry(
+        self, owner: Owner, job: Mapping[str, Any], message: str, result: ReconcileResult
+    ) -> None:
+        """Retry a failed fetch with exponential backoff: delete the Job when its time is up."""
+        key = (owner.namespace, owner.name)
+        job_name = str(job["metadata"]["name"])
+        attempt = self._fetch_attempts.setdefault((key, job_name), 1)
+        failed_at = _condition_time(job, "Failed") or self.clock()
+        delay = fetch_retry_delay(
+            attempt, self.settings.fetch_retry_base_seconds, self.settings.fetch_retry_max_seconds
+        )
+        wait = (failed_at.timestamp() + delay) - self.clock().timestamp()
+        if wait > 0:
+            result.requeue_after = wait
+            await self._notify(
+                owner,
+                "FetchFailed",
+                f"fetch attempt {attempt} failed: {message}; retrying in {delay:.0f}s",
+                "Warning",
+            )
+            return
+        self._fetch_attempts[(key, job_name)] = attempt + 1
+        log.info("retrying the fetch of %s/%s (attempt %d): %s", key[0], key[1], attempt + 1, message)
+        await self.api.delete("Job", key[0], job_name)
+        result.applied.append(f"-Job/{job_name}")
+        # The Job's pods go with it (background propagation); recreate on the next pass.
+        result.requeue_after = 1.0
+
+    async def _notify(self, owner: Owner, reason: str, message: str, type_: str) -> None:
+        """Post an Event about an SLMDeployment once per distinct message."""
+        key = (owner.namespace, owner.name)
+        event = (reason, message)
+        if self._last_notice.get(key) == event:
+            return
+        self._last_notice[key] = event
+        involved = {
+            "apiVersion": owner.api_version,
+            "kind": owner.kind,
+            "metadata": {"name": owner.name, "namespace": owner.namespace, "uid": owner.uid},
+        }
+        await self.api.event(involved, reason=reason, message=message, type_=type_)
+
+    async def _write_status(
+        self,
+        body: Mapping[str, Any],
+        owner: Owner,
+        spec: SLMDeploymentSpec | None,
+        generation: int,
+        outcome: Plan | ResolveFailure,
+        observed: ObservedChildren,
+        previous: SLMDeploymentStatus,
+        result: ReconcileResult,
+    ) -> None:
+        if spec is None:
+            current = dict(body.get("status") or {})
+            status: dict[str, Any] = {
+                **current,
+                "observedGeneration": generation,
+                "selector": selector_string(owner.name),
+            }
+            conditions = [
+                c for c in current.get("conditions", []) if c.get("type") not in ("Ready", "Stalled")
+            ]
+            assert isinstance(outcome, ResolveFailure)
+            now = self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+            for type_, value in (("Ready", "False"), ("Stalled", "True")):
+                conditions.append(
+                    {
+                        "type": type_,
+                        "status": value,
+                        "reason": outcome.reason,
+                        "message": outcome.message,
+                        "observedGeneration": generation,
+                        "lastTransitionTime": now,
+                    }
+                )
+            status["conditions"] = conditions
+        else:
+            status = compute_status(
+                owner=owner,
+                spec=spec,
+                generation=generation,
+                outcome=outcome,
+                observed=observed,
+                previous=previous,
+                now=self.clock(),
+            )
+        if status == (body.get("status") or {}):
+            return
+        await self.api.patch_status("SLMDeployment", owner.namespace, owner.name, status)
+        result.status_written = True
+        await self._announce(body, outcome)
+
+    async def _announce(self, body: Mapping[str, Any], outcome: Plan | ResolveFailure) -> None:
+        """One Event per new decision: where it was placed and why, or why it cannot be."""
+        meta = body["metadata"]
+        key = (str(meta["namespace"]), str(meta["name"]))
+        event: tuple[str, str]
+        if isinstance(outcome, ResolveFailure):
+            event = (outcome.reason, outcome.message)
+            type_ = "Warning"
+        else:
+            placement = outcome.placement
+            event = (
+                "Placed",
+                f"{outcome.model.name} on {placement.tier} ({placement.accelerator}, "
+                f"{outcome.model.quantization or outcome.model.format}): {placement.reason}",
+            )
+            type_ = "Normal"
+        if self._last_event.get(key) == event:
+            return
+        self._last_event[key] = event
+        if not isinstance(outcome, ResolveFailure):
+            self.metrics.placements.labels(tier=outcome.placement.tier).inc()
+        await self.api.event(body, reason=event[0], message=event[1], type_=type_)
+
+
+def cached_models(claim: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The models a cache claim is known to hold, by cache key (from its annotation)."""
+    if claim is None:
+        return {}
+    text = ((claim.get("metadata") or {}).get("annotations") or {}).get(CACHED_MODELS_ANNOTATION, "")
+    try:
+        loaded = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return (
+        {str(k): dict(v) for k, v in loaded.items() if isinstance(v, dict)}
+        if isinstance(loaded, dict)
+        else {}
+    )
+
+
+def _previous_status(body: Mapping[str, Any]) -> SLMDeploymentStatus:
+    try:
+        return SLMDeploymentStatus.model_validate(body.get("status") or {})
+    except pydantic.ValidationError:
+        return SLMDeploymentStatus()
+
+
+def _first_error(error: pydantic.ValidationError) -> str:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first.get("loc", ()))
+    return f"spec.{location}: {first.get('msg', '')}"
+
+
+def _phase(claim: Mapping[str, Any] | None) -> str | None:
+    if claim is None:
+        return None
+    return str((claim.get("status") or {}).get("phase") or "Pending")
+
+
+def _job_failed(job: Mapping[str, Any]) -> bool:
+    return any(
+        c.get("type") == "Failed" and c.get("status") == "True"
+        for c in (job.get("status") or {}).get("conditions") or []
+    )
+
+
+def _job_failed_pods(job: Mapping[str, Any]) -> bool:
+    return bool((job.get("status") or {}).get("failed"))
+
+
+def _job_complete(job: Mapping[str, Any]) -> bool:
+    return any(
+        c.get("type") == "Complete" and c.get("status") == "True"
+        for c in (job.get("status") or {}).get("conditions") or []
+    )
+
+
+def _condition_time(obj: Mapping[str, Any], type_: str) -> datetime | None:
+    for condition in (obj.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == type_ and condition.get("lastTransitionTime"):
+            return datetime.strptime(condition["lastTransitionTime"], "%Y-%m-%dT%H:%M:%SZ").replace(
+                tzinfo=UTC
+            )
+    return None
