@@ -66,6 +66,12 @@ test-k8s: install cluster-bins ## tests against the real local control plane (st
 test: install cluster-bins lint typecheck ## everything CI runs: lint, types, all tests (starts the control plane)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+demo: install cluster-bins ## the local demo: control plane, chart RBAC, operator, a model answering the ollama and openai clients
+	@$(PY) hack/demo.py up
+
+demo-down: ## stop and remove everything the demo started
+	@$(PY) hack/demo.py down
+
 crds: install ## regenerate the CRD (crds/, the chart) and the plain install manifest from the pydantic API
 	$(PY) -m slm_operator.api.crd --write
 	$(PY) charts/slm-operator/hack/sync-crds.py --check
