@@ -76,6 +76,10 @@ crds: install ## regenerate the CRD (crds/, the chart) and the plain install man
 	$(PY) -m slm_operator.api.crd --write
 	$(PY) charts/slm-operator/hack/sync-crds.py --check
 	bash deploy/render.sh
+	$(PY) hack/gen_docs.py
+
+docs: install ## regenerate docs/api-reference.md and docs/runtime-settings.md from their sources
+	$(PY) hack/gen_docs.py
 
 clean: cluster-down ## remove the virtual environment and caches in the tree
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
