@@ -40,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
     )
     logging.getLogger("slm_operator").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if not args.verbose:
+        # Kopf logs every handler run per object; at thousands of objects that is noise.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.metrics_port:
         start_http_server(args.metrics_port, addr="0.0.0.0", registry=handlers.state.metrics.registry)
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None

@@ -199,6 +199,15 @@ class Reconciler:
                 self.metrics.reconcile_duration.observe(time.perf_counter() - started)
             self._failures.pop(key, None)
             self.metrics.reconciles.labels(result="ok").inc()
+            if result.applied or result.status_written:
+                log.info(
+                    "reconciled %s/%s (%s): applied %s%s",
+                    key[0],
+                    key[1],
+                    result.outcome or "deleted",
+                    ", ".join(result.applied) or "nothing",
+                    "; status updated" if result.status_written else "",
+                )
             if result.requeue_after is not None:
                 self.enqueue_after(key, result.requeue_after)
 
