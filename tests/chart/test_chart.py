@@ -42,23 +42,27 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 }
 
 # The operator's permissions, exactly: (apiGroup, resource) -> verbs.
+# tests/k8s/test_rbac.py proves these against the API server's audit log of a full cycle.
 NAMESPACED_RULES: dict[tuple[str, str], set[str]] = {
-    ("slm.dev", "slmdeployments"): {"get", "list", "watch", "patch", "update"},
-    ("slm.dev", "slmdeployments/status"): {"get", "patch", "update"},
+    ("slm.dev", "slmdeployments"): {"get", "list", "watch"},
+    ("slm.dev", "slmdeployments/status"): {"patch"},
     ("slm.dev", "slmdeployments/finalizers"): {"update"},
-    ("", "persistentvolumeclaims"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("", "pods"): {"get", "list", "watch"},
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
+    ("", "persistentvolumeclaims"): {"get", "list", "watch", "create", "patch"},
+    ("", "services"): {"get", "list", "watch", "create", "patch"},
+    ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
+    ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "pods"): {"list"},
+    ("", "events"): {"create"},
 }
 CLUSTER_RULES: dict[tuple[str, str], set[str]] = {
-    ("", "nodes"): {"get", "list", "watch"},
-    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
+    ("", "nodes"): {"list", "watch"},
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
 }
-SETTINGS_RULES: dict[tuple[str, str], set[str]] = {("", "configmaps"): {"get", "list", "watch"}}
+# Kopf with --namespace lists and watches namespaces (never with --all-namespaces).
+NAMESPACE_SCOPE_CLUSTER_RULES: dict[tuple[str, str], set[str]] = {
+    **CLUSTER_RULES,
+    ("", "namespaces"): {"list", "watch"},
+}
 
 
 def rule_map(role: Manifest) -> dict[tuple[str, str], set[str]]:
@@ -120,8 +124,6 @@ def test_default_render_has_the_expected_objects() -> None:
             ("CustomResourceDefinition", "slmdeployments.slm.dev"),
             ("ClusterRole", FULLNAME),
             ("ClusterRoleBinding", FULLNAME),
-            ("Role", f"{FULLNAME}-settings"),
-            ("RoleBinding", f"{FULLNAME}-settings"),
             ("Deployment", FULLNAME),
             ("Service", f"{FULLNAME}-metrics"),
         ]
@@ -151,8 +153,7 @@ def test_rbac_has_no_wildcards_and_no_secrets(variant: str) -> None:
 def test_cluster_scope_rbac_is_exactly_the_designed_rules() -> None:
     rendered = render()
     cluster_role = rendered.one("ClusterRole", FULLNAME)
-    namespaces = {("", "namespaces"): {"get", "list", "watch"}}
-    assert rule_map(cluster_role) == {**NAMESPACED_RULES, **CLUSTER_RULES, **namespaces}
+    assert rule_map(cluster_role) == {**NAMESPACED_RULES, **CLUSTER_RULES}
     binding = rendered.one("ClusterRoleBinding", FULLNAME)
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -160,16 +161,17 @@ def test_cluster_scope_rbac_is_exactly_the_designed_rules() -> None:
         "name": FULLNAME,
     }
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
-    settings = rendered.one("Role", f"{FULLNAME}-settings")
-    assert settings["metadata"]["namespace"] == NAMESPACE
-    assert rule_map(settings) == SETTINGS_RULES
+    # The settings ConfigMap is mounted by the kubelet: no Role reads it.
+    assert rendered.of_kind("Role") == [] and rendered.of_kind("RoleBinding") == []
 
 
 def test_namespace_scope_yields_roles_per_namespace_and_a_small_cluster_role() -> None:
     rendered = render(*NAMESPACE_SCOPE)
     cluster_roles = rendered.of_kind("ClusterRole")
     assert [r["metadata"]["name"] for r in cluster_roles] == [f"{FULLNAME}-cluster"]
-    assert rule_map(cluster_roles[0]) == CLUSTER_RULES, "only cluster-scoped reads may be cluster-wide"
+    assert rule_map(cluster_roles[0]) == NAMESPACE_SCOPE_CLUSTER_RULES, (
+        "only cluster-scoped reads may be cluster-wide"
+    )
     operator_roles = {
         r["metadata"]["namespace"]: r for r in rendered.of_kind("Role") if r["metadata"]["name"] == FULLNAME
     }
@@ -451,7 +453,6 @@ def test_peered_cluster_scope() -> None:
     assert "--peering=slm-operator" in args
     assert rendered.one("ClusterKopfPeering", "slm-operator")
     assert rule_map(rendered.one("ClusterRole", FULLNAME))[("kopf.dev", "clusterkopfpeerings")] == {
-        "get",
         "list",
         "watch",
         "patch",
@@ -467,7 +468,7 @@ def test_peered_namespace_scope() -> None:
     assert rendered.of_kind("ClusterKopfPeering") == []
     for role in rendered.of_kind("Role"):
         if role["metadata"]["name"] == FULLNAME:
-            assert rule_map(role)[("kopf.dev", "kopfpeerings")] == {"get", "list", "watch", "patch"}
+            assert rule_map(role)[("kopf.dev", "kopfpeerings")] == {"list", "watch", "patch"}
     assert ("kopf.dev", "clusterkopfpeerings") not in rule_map(rendered.one("ClusterRole"))
 
 

@@ -69,61 +69,67 @@ Rules on namespaced resources, shared by the ClusterRole (cluster scope) and eac
 scope). The operator applies children with server-side apply (PATCH), hence patch on each kind.
 */}}
 {{- define "slm-operator.namespacedRules" -}}
-# The SLMDeployments themselves: Kopf watches them and patches metadata (its finalizer and
-# last-handled-configuration annotation); update for Kopf's fallback writes.
+# Least privilege, proven by tests/k8s/test_rbac.py: every verb below is used by the operator
+# (the API server's audit log of a create, update, drift-repair and delete cycle), or its comment
+# says why it is needed where the cycle does not exercise it.
+# The SLMDeployments themselves: Kopf lists and watches them and the reconciler reads each one.
+# Kopf never writes them (event and index handlers only: no finalizer, no annotations), and the
+# operator never writes spec.
 - apiGroups: ["slm.dev"]
   resources: ["slmdeployments"]
-  verbs: ["get", "list", "watch", "patch", "update"]
-# Status is a subresource: conditions, placement, cache progress, endpoint (kstatus).
+  verbs: ["get", "list", "watch"]
+# Status is a subresource: conditions, placement, cache progress, endpoint (kstatus), written with
+# a JSON patch of the whole status.
 - apiGroups: ["slm.dev"]
   resources: ["slmdeployments/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 # Children carry ownerReferences with blockOwnerDeletion=true; the OwnerReferencesPermissionEnforcement
-# admission plugin then requires update on the owner's finalizers subresource.
+# admission plugin (when enabled) then requires update on the owner's finalizers subresource.
 - apiGroups: ["slm.dev"]
   resources: ["slmdeployments/finalizers"]
   verbs: ["update"]
-# Model cache claims and the runtime Services: created and kept converged by server-side apply;
-# deleted when a cache is not retained or a Service is no longer wanted.
+# Model cache claims, runtime Services and Deployments: watched (Kopf), read, and created and kept
+# converged by server-side apply: a PATCH, which the API server also authorizes as create when it
+# creates the object. They are removed by the garbage collector through their ownerReferences,
+# never by the operator (no delete, no update).
 - apiGroups: [""]
   resources: ["persistentvolumeclaims", "services"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# Runtime Deployments: applied, watched for readiness (status.readyReplicas), deleted on cleanup.
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# Fetch Jobs: applied, watched for completion/failure, deleted (and re-created) when the model changes.
+  verbs: ["get", "list", "watch", "create", "patch"]
+# Fetch Jobs: applied (server-side apply), watched for completion/failure, and deleted to retry a
+# failed fetch (exponential backoff).
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# Read-only: fetch and runtime Pods, to report why a fetch failed or a replica is not ready
-# (termination messages, waiting reasons). No exec, no logs.
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Read-only: a fetch Job's Pods are listed (by job-name) once per outcome, for the fetcher's
+# termination message. No get, watch, exec or logs.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
-# Events about placement decisions and failures (Kopf posts core/v1 Events; events.k8s.io for
-# clients of the newer API). patch aggregates repeated events.
+  verbs: ["list"]
+# Events about placement decisions and failures: the reconciler (and Kopf, for warnings) POSTs
+# core/v1 Events, each with a name of its own; nothing patches or aggregates them.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 # No Secrets: the operator only puts secretKeyRef names into Pod specs; it never reads them.
 {{- end }}
 
 {{/* Kopf peering objects' kind for the scope. */}}
 {{- define "slm-operator.peeringRule" -}}
 {{- if eq .Values.scope "cluster" }}
-# Kopf peering (replicas > 1): operators announce themselves and freeze lower priorities.
+# Kopf peering (replicas > 1): operators list and watch the peering object and announce themselves
+# (patch its status); lower priorities freeze.
 - apiGroups: ["kopf.dev"]
   resources: ["clusterkopfpeerings"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 {{- else }}
-# Kopf peering (replicas > 1): operators announce themselves and freeze lower priorities.
+# Kopf peering (replicas > 1): operators list and watch the peering object and announce themselves
+# (patch its status); lower priorities freeze.
 - apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 {{- end }}
 {{- end }}
 
@@ -132,9 +138,9 @@ scope). The operator applies children with server-side apply (PATCH), hence patc
 # Node inventory for placement (labels, allocatable devices, taints): a Kopf index over a watch.
 - apiGroups: [""]
   resources: ["nodes"]
-  verbs: ["get", "list", "watch"]
-# Kopf scans CRDs at start-up and watches them to notice resources added or removed at runtime.
+  verbs: ["list", "watch"]
+# Kopf lists CRDs at start-up and watches them to notice resources added or removed at runtime.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 {{- end }}
