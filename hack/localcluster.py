@@ -524,7 +524,7 @@ def up(state_dir: Path, nodes_file: Path, bin_dir: Path | None = None) -> LocalC
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--service-cluster-ip-range=10.0.0.0/24",
+            "--service-cluster-ip-range=10.0.0.0/16",  # room for thousands of Services
             "--authorization-mode=Node,RBAC",
             # PodSecurity is among the default admission plugins; ServiceAccount is off
             # (as in envtest) to avoid "serviceaccount default not found" races.

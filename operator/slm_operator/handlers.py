@@ -26,7 +26,7 @@ from slm_operator.settings import OperatorSettings
 log = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = "slm.dev", "v1alpha1", "slmdeployments"
-CHILD_SELECTOR = {MANAGED_BY_LABEL: MANAGED_BY, INSTANCE_LABEL: kopf.PRESENT}
+CHILD_SELECTOR: dict[str, Any] = {MANAGED_BY_LABEL: MANAGED_BY, INSTANCE_LABEL: kopf.PRESENT}
 RESYNC_SECONDS = 600.0
 
 
@@ -108,28 +108,43 @@ async def node_changed(node_inventory: kopf.Index[str, NodeFacts], **_: Any) -> 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]
 async def slmdeployment_event(
-    type: str | None, namespace: str, name: str, node_inventory: kopf.Index[str, NodeFacts], **_: Any
+    type: str | None,
+    namespace: str,
+    name: str,
+    meta: kopf.Meta,
+    node_inventory: kopf.Index[str, NodeFacts],
+    **_: Any,
 ) -> None:
     current = reconciler()
     current.set_nodes(_inventory(node_inventory))
+    key = (namespace, name)
     if type == "DELETED":
-        current.forget((namespace, name))
-    else:
-        current.enqueue((namespace, name))
+        current.forget(key)
+    elif not (type == "MODIFIED" and current.is_own_write(key, str(meta.get("resourceVersion", "")))):
+        current.enqueue(key)
     state.metrics.managed.set(len(current.known))
 
 
-async def _child_event(namespace: str, labels: kopf.Labels, **_: Any) -> None:
-    """A child changed (status, a hand edit, a deletion): reconcile its owner."""
-    owner = labels.get(INSTANCE_LABEL)
-    if owner:
-        reconciler().enqueue((namespace, owner))
+def _child_handler(kind: str) -> Any:
+    async def child_event(
+        type: str | None, namespace: str, name: str, body: kopf.Body, labels: kopf.Labels, **_: Any
+    ) -> None:
+        """A child changed (status, a hand edit, a deletion): remember it, reconcile its owner."""
+        current = reconciler()
+        current.remember_child(kind, namespace, name, None if type == "DELETED" else dict(body))
+        owner = labels.get(INSTANCE_LABEL)
+        if owner:
+            current.enqueue((namespace, owner))
+
+    return child_event
 
 
-for _group, _version, _plural in (
-    ("apps", "v1", "deployments"),
-    ("", "v1", "services"),
-    ("batch", "v1", "jobs"),
-    ("", "v1", "persistentvolumeclaims"),
+for _group, _version, _plural, _kind in (
+    ("apps", "v1", "deployments", "Deployment"),
+    ("", "v1", "services", "Service"),
+    ("batch", "v1", "jobs", "Job"),
+    ("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim"),
 ):
-    kopf.on.event(_group, _version, _plural, labels=CHILD_SELECTOR, id=f"child-{_plural}")(_child_event)  # type: ignore[arg-type]
+    kopf.on.event(_group, _version, _plural, labels=CHILD_SELECTOR, id=f"child-{_plural}")(
+        _child_handler(_kind)
+    )

@@ -69,7 +69,9 @@ class KubeApi(Protocol):
         self, kind: str, namespace: str, name: str, annotations: Mapping[str, str]
     ) -> None: ...
 
-    async def patch_status(self, kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+    async def patch_status(
+        self, kind: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]: ...
 
     async def event(
         self, involved: Mapping[str, Any], *, reason: str, message: str, type_: str = "Normal"
@@ -187,16 +189,19 @@ class Kubernetes:
             content_type="application/merge-patch+json",
         )
 
-    async def patch_status(self, kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    async def patch_status(
+        self, kind: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]:
         # Replace the whole status (a JSON patch), so fields that no longer apply go away;
         # only the status subresource is written: the operator never writes spec.
-        await self._call(
+        result: dict[str, Any] = await self._call(
             "PATCH",
             _path(kind, namespace, name) + "/status",
             kind=kind,
             body=[{"op": "add", "path": "/status", "value": dict(status)}],
             content_type="application/json-patch+json",
         )
+        return result
 
     async def event(
         self, involved: Mapping[str, Any], *, reason: str, message: str, type_: str = "Normal"

@@ -131,6 +131,12 @@ class Reconciler:
         self._fetch_attempts: dict[tuple[Key, str], int] = {}
         self._last_event: dict[Key, tuple[str, str]] = {}
         self._last_notice: dict[Key, tuple[str, str]] = {}
+        # Children as the watch last showed them (kind, namespace, name) -> object; None =
+        # known absent. Saves a GET per child per reconcile; a miss falls back to a GET.
+        self.children: dict[tuple[str, str, str], dict[str, Any] | None] = {}
+        # resourceVersion of our own last status write per object: the watch event it
+        # causes needs no reconcile.
+        self.own_writes: dict[Key, str] = {}
 
     # --- inputs ---------------------------------------------------------------------------
     def set_nodes(self, nodes: Iterable[NodeFacts]) -> bool:
@@ -140,8 +146,33 @@ class Reconciler:
         self.nodes = fresh
         return changed
 
+    def remember_child(self, kind: str, namespace: str, name: str, body: Mapping[str, Any] | None) -> None:
+        """Record a child as a watch event showed it (None: deleted)."""
+        if body is None:
+            self.children[(kind, namespace, name)] = None
+            return
+        copy = dict(body)
+        copy["metadata"] = {k: v for k, v in dict(body["metadata"]).items() if k != "managedFields"}
+        self.children[(kind, namespace, name)] = copy
+
+    async def _child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        key = (kind, namespace, name)
+        if key in self.children:
+            cached = self.children[key]
+            return dict(cached) if cached is not None else None
+        live = await self.api.get(kind, namespace, name)
+        self.remember_child(kind, namespace, name, live)
+        return live
+
+    def is_own_write(self, key: Key, resource_version: str) -> bool:
+        return bool(resource_version) and self.own_writes.get(key) == resource_version
+
     def forget(self, key: Key) -> None:
         self.known.discard(key)
+        self.own_writes.pop(key, None)
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked():
+            del self._locks[key]
         self._failures.pop(key, None)
         self._last_event.pop(key, None)
         self._last_notice.pop(key, None)
@@ -233,7 +264,7 @@ class Reconciler:
             )
             return result
 
-        claim = await self.api.get("PersistentVolumeClaim", namespace, cache_claim_name(name))
+        claim = await self._child("PersistentVolumeClaim", namespace, cache_claim_name(name))
         facts = Facts(
             catalog=self.catalog,
             nodes=list(self.nodes.values()),
@@ -253,7 +284,16 @@ class Reconciler:
 
         plan = outcome
         result.outcome = plan.placement.tier
-        observed = await self._converge_children(key, plan, claim, result)
+        try:
+            observed = await self._converge_children(key, plan, claim, result)
+        except ApiError as error:
+            # Say so in status (the object must never look untouched), then back off.
+            if error.status == 0:
+                raise
+            observed = ObservedChildren(claim_phase=_phase(claim), apply_error=error.message)
+            await self._write_status(body, owner, spec, generation, plan, observed, previous, result)
+            await self._notify(owner, "ApplyFailed", error.message, "Warning")
+            raise
         await self._write_status(body, owner, spec, generation, plan, observed, previous, result)
         return result
 
@@ -263,7 +303,9 @@ class Reconciler:
         if live is not None and contains(live, manifest):
             return dict(live)
         applied = await self.api.apply(manifest)
-        result.applied.append(f"{manifest['kind']}/{manifest['metadata']['name']}")
+        meta = manifest["metadata"]
+        self.remember_child(str(manifest["kind"]), str(meta.get("namespace", "")), str(meta["name"]), applied)
+        result.applied.append(f"{manifest['kind']}/{meta['name']}")
         return applied
 
     async def _converge_children(
@@ -287,7 +329,7 @@ class Reconciler:
         job_name = fetch_job_name(name, plan.model.cache_key)
         cached = cached_models(claim)
         record = cached.get(plan.model.cache_key)
-        job = await self.api.get("Job", namespace, job_name)
+        job = await self._child("Job", namespace, job_name)
         if job is None and record is not None:
             # Already in the cache (a retained claim, or a Job since cleaned up): never fetch twice.
             size = int(record.get("sizeBytes") or 0)
@@ -301,8 +343,7 @@ class Reconciler:
             )
         else:
             if job is None:
-                job = await self.api.apply(build_fetch_job(plan))
-                result.applied.append(f"Job/{job_name}")
+                job = await self._apply_if_drifted(build_fetch_job(plan), None, result)
             pods: list[dict[str, Any]] = []
             if _job_failed(job) or _job_failed_pods(job) or (_job_complete(job) and record is None):
                 # The fetcher's last word (error, or its result record) is in the pod's
@@ -327,11 +368,11 @@ class Reconciler:
                     )
                     result.applied.append(f"PersistentVolumeClaim/{plan.cache.claim_name}#cached")
 
-        deployment = await self.api.get("Deployment", namespace, name)
+        deployment = await self._child("Deployment", namespace, name)
         if job_seen.succeeded:
             # Serve only a cached model; until the new one is cached, the old Deployment keeps serving.
             deployment = await self._apply_if_drifted(build_deployment(plan), deployment, result)
-        service = await self.api.get("Service", namespace, name)
+        service = await self._child("Service", namespace, name)
         service = await self._apply_if_drifted(build_service(plan), service, result)
         return ObservedChildren(
             claim_phase=_phase(claim),
@@ -364,6 +405,7 @@ class Reconciler:
         self._fetch_attempts[(key, job_name)] = attempt + 1
         log.info("retrying the fetch of %s/%s (attempt %d): %s", key[0], key[1], attempt + 1, message)
         await self.api.delete("Job", key[0], job_name)
+        self.remember_child("Job", key[0], job_name, None)
         result.applied.append(f"-Job/{job_name}")
         # The Job's pods go with it (background propagation); recreate on the next pass.
         result.requeue_after = 1.0
@@ -429,8 +471,13 @@ class Reconciler:
             )
         if status == (body.get("status") or {}):
             return
-        await self.api.patch_status("SLMDeployment", owner.namespace, owner.name, status)
+        written = await self.api.patch_status("SLMDeployment", owner.namespace, owner.name, status)
         result.status_written = True
+        written_meta = written.get("metadata") or {}
+        if int(written_meta.get("generation", 0)) == generation:
+            # Our write comes back as a watch event; when nothing else changed meanwhile
+            # (same generation), that event needs no reconcile.
+            self.own_writes[(owner.namespace, owner.name)] = str(written_meta.get("resourceVersion", ""))
         await self._announce(body, outcome)
 
     async def _announce(self, body: Mapping[str, Any], outcome: Plan | ResolveFailure) -> None:

@@ -72,6 +72,7 @@ class ObservedChildren:
     fetch_job: JobObservation | None = None  # the Job of the current model version
     deployment: DeploymentObservation | None = None
     service: bool = False
+    apply_error: str = ""  # a child could not be created or updated (the API said why)
 
 
 def _int(value: Any) -> int:
@@ -293,7 +294,12 @@ def compute_status(
             message=job.message if job and job.failed else "",
         )
         deployment = observed.deployment
-        if cached.reason == "FetchFailed":
+        if observed.apply_error:
+            message = f"a child object could not be applied: {observed.apply_error}"
+            ready = _State("False", "ApplyFailed", message)
+            stalled = _State("False", "ApplyFailed", "")
+            reconciling = _State("True", "ApplyFailed", f"{message}; retrying with backoff")
+        elif cached.reason == "FetchFailed":
             ready = _State("False", "FetchFailed", cached.message)
             stalled = _State("True", "FetchFailed", cached.message)
             reconciling = _State(

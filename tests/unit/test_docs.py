@@ -12,6 +12,11 @@ def test_generated_pages_are_current() -> None:
 
 def test_api_reference_covers_every_spec_field_and_rule() -> None:
     page = gen_docs.api_reference()
-    for field in ("spec.model.name", "spec.hardware.fallback", "spec.cache.retain", "status.placement.reason"):
+    for field in (
+        "spec.model.name",
+        "spec.hardware.fallback",
+        "spec.cache.retain",
+        "status.placement.reason",
+    ):
         assert f"| `{field}`" in page
     assert "hardware.fallback must not contain the preferred tier" in page

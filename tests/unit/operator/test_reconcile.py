@@ -72,9 +72,13 @@ class FakeApi:
         meta = self.objects[(kind, namespace, name)]["metadata"]
         meta["annotations"] = {**meta.get("annotations", {}), **annotations}
 
-    async def patch_status(self, kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    async def patch_status(
+        self, kind: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]:
         self.writes.append(f"status {kind}/{name}")
-        self.objects[(kind, namespace, name)]["status"] = copy.deepcopy(dict(status))
+        obj = self.objects[(kind, namespace, name)]
+        obj["status"] = copy.deepcopy(dict(status))
+        return copy.deepcopy(obj)
 
     async def event(
         self, involved: Mapping[str, Any], *, reason: str, message: str, type_: str = "Normal"
@@ -102,6 +106,11 @@ def reconciler(api: FakeApi, catalog: Catalog) -> Reconciler:
     current = Reconciler(api, settings, catalog, OperatorMetrics(), clock=lambda: NOW)
     current.set_nodes([cpu_node("cpu-0", memory="64Gi")])
     return current
+
+
+def watched(reconciler: Reconciler) -> None:
+    """What the watch would do after a test changes objects behind the reconciler's back."""
+    reconciler.children.clear()
 
 
 def set_job_condition(api: FakeApi, type_: str, *, failed: int = 0, when: datetime = NOW) -> str:
@@ -148,12 +157,14 @@ async def test_converges_in_steps_then_writes_nothing(api: FakeApi, reconciler: 
     assert api.events[0][0] == "Placed"
 
     set_job_condition(api, "Complete")
+    watched(reconciler)
     second = await reconciler.reconcile(KEY)
     assert second.applied == [
         "PersistentVolumeClaim/assistant-model-cache#cached",
         "Deployment/assistant",
     ]
     make_deployment_ready(api)
+    watched(reconciler)
     await reconciler.reconcile(KEY)
     assert conditions(api) == {
         "Ready": ("True", "Available"),
@@ -175,9 +186,11 @@ async def test_hand_edits_are_reverted(api: FakeApi, reconciler: Reconciler) -> 
     api.put(slm_body({"model": {"name": "qwen2.5:0.5b"}, "hardware": {"preferred": "cpu"}}))
     await reconciler.reconcile(KEY)
     set_job_condition(api, "Complete")
+    watched(reconciler)
     await reconciler.reconcile(KEY)
     api.objects[("Deployment", "ai", "assistant")]["spec"]["replicas"] = 5
     del api.objects[("Service", "ai", "assistant")]
+    watched(reconciler)
     api.writes.clear()
     result = await reconciler.reconcile(KEY)
     assert result.applied == ["Deployment/assistant", "Service/assistant"]
@@ -188,6 +201,7 @@ async def test_a_cached_model_is_not_fetched_again(api: FakeApi, reconciler: Rec
     api.put(slm_body({"model": {"name": "qwen2.5:0.5b"}, "hardware": {"preferred": "cpu"}}))
     await reconciler.reconcile(KEY)
     job_name = set_job_condition(api, "Complete")
+    watched(reconciler)
     await reconciler.reconcile(KEY)
     claim = api.objects[("PersistentVolumeClaim", "ai", "assistant-model-cache")]
     assert list(cached_models(claim)) == [
@@ -199,6 +213,7 @@ async def test_a_cached_model_is_not_fetched_again(api: FakeApi, reconciler: Rec
         for key in [k for k in api.objects if k[0] == kind]:
             del api.objects[key]
     api.put(slm_body({"model": {"name": "qwen2.5:0.5b"}, "hardware": {"preferred": "cpu"}}))
+    watched(reconciler)
     api.writes.clear()
     result = await reconciler.reconcile(KEY)
     assert not any(name.startswith("Job/") for name in result.applied)
@@ -210,6 +225,7 @@ async def test_failed_fetch_is_retried_with_doubling_backoff(api: FakeApi, recon
     api.put(slm_body({"model": {"name": "qwen2.5:0.5b"}, "hardware": {"preferred": "cpu"}}))
     await reconciler.reconcile(KEY)
     job_name = set_job_condition(api, "Failed", failed=5, when=NOW - timedelta(seconds=10))
+    watched(reconciler)
     waiting = await reconciler.reconcile(KEY)
     assert waiting.requeue_after == 20.0  # 30 s after the failure, 10 s of which have passed
     assert ("Job", "ai", job_name) in api.objects
@@ -217,6 +233,7 @@ async def test_failed_fetch_is_retried_with_doubling_backoff(api: FakeApi, recon
     assert api.events[-1] == ("FetchFailed", "fetch attempt 1 failed: the fetch Job failed; retrying in 30s")
 
     set_job_condition(api, "Failed", failed=5, when=NOW - timedelta(seconds=31))
+    watched(reconciler)
     retried = await reconciler.reconcile(KEY)
     assert retried.applied == [f"-Job/{job_name}"]
     assert ("Job", "ai", job_name) not in api.objects
@@ -224,6 +241,7 @@ async def test_failed_fetch_is_retried_with_doubling_backoff(api: FakeApi, recon
     assert f"Job/{job_name}" in recreated.applied
 
     set_job_condition(api, "Failed", failed=5, when=NOW - timedelta(seconds=31))
+    watched(reconciler)
     second_wait = await reconciler.reconcile(KEY)
     assert second_wait.requeue_after == 29.0  # attempt 2 waits 60 s
 
@@ -247,6 +265,7 @@ async def test_a_claim_that_cannot_grow_is_kept(api: FakeApi, reconciler: Reconc
     await reconciler.reconcile(KEY)
     claim = api.objects[("PersistentVolumeClaim", "ai", "assistant-model-cache")]
     claim["spec"]["resources"]["requests"]["storage"] = "1Mi"  # differs from what is wanted
+    watched(reconciler)
     api.fail_apply["PersistentVolumeClaim"] = ApiError(403, "only dynamically provisioned pvc can be resized")
     result = await reconciler.reconcile(KEY)
     assert "PersistentVolumeClaim/assistant-model-cache" not in result.applied
@@ -278,3 +297,38 @@ def test_cached_models_tolerates_garbage() -> None:
     assert cached_models(
         {"metadata": {"annotations": {CACHED_MODELS_ANNOTATION: '{"k": {"sha256": "ab"}}'}}}
     ) == {"k": {"sha256": "ab"}}
+
+
+async def test_a_child_that_cannot_be_applied_shows_in_status(api: FakeApi, reconciler: Reconciler) -> None:
+    api.put(slm_body({"model": {"name": "qwen2.5:0.5b"}, "hardware": {"preferred": "cpu"}}))
+    api.fail_apply["Service"] = ApiError(422, "failed to allocate a serviceIP: range is full")
+    with pytest.raises(ApiError):
+        await reconciler.reconcile(KEY)
+    assert conditions(api)["Ready"] == ("False", "ApplyFailed")
+    assert conditions(api)["Reconciling"] == ("True", "ApplyFailed")
+    assert conditions(api)["Placed"] == ("True", "Placed")
+    assert ("ApplyFailed", "failed to allocate a serviceIP: range is full") in api.events
+
+
+async def test_own_status_write_is_recognised_and_children_come_from_the_watch(
+    api: FakeApi, reconciler: Reconciler
+) -> None:
+    api.put(slm_body({"model": {"name": "qwen2.5:0.5b"}, "hardware": {"preferred": "cpu"}}))
+    api.objects[("SLMDeployment", "ai", "assistant")]["metadata"]["resourceVersion"] = "41"
+    await reconciler.reconcile(KEY)
+    assert reconciler.is_own_write(KEY, "41")  # the fake keeps the version; a server bumps it
+    assert not reconciler.is_own_write(KEY, "42")
+
+    gets: list[str] = []
+    original_get = api.get
+
+    async def counting_get(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        gets.append(kind)
+        return await original_get(kind, namespace, name)
+
+    api.get = counting_get  # type: ignore[method-assign]
+    await reconciler.reconcile(KEY)
+    assert gets == ["SLMDeployment"]  # children (and their absence) are known from the watch
+    reconciler.remember_child("Service", "ai", "assistant", None)  # the watch says it was deleted
+    result = await reconciler.reconcile(KEY)
+    assert result.applied == ["Service/assistant"]
