@@ -44,7 +44,12 @@ def _constraints(schema: dict[str, Any]) -> str:
     parts: list[str] = []
     if "enum" in schema:
         parts.append("one of " + ", ".join(f"`{v}`" if v != "" else '`""`' for v in schema["enum"]))
-    for key, label in (("minimum", "≥"), ("maximum", "≤"), ("maxLength", "length ≤"), ("maxItems", "items ≤")):
+    for key, label in (
+        ("minimum", "≥"),
+        ("maximum", "≤"),
+        ("maxLength", "length ≤"),
+        ("maxItems", "items ≤"),
+    ):
         if key in schema:
             parts.append(f"{label} {schema[key]}")
     if "pattern" in schema:
@@ -87,14 +92,20 @@ def api_reference() -> str:
         "|---|---|---|",
     ]
     for column in version.get("additionalPrinterColumns", []):
-        lines.append(f"| {column['name']} | `{column['jsonPath']}` | {_cell(column.get('description', ''))} |")
+        lines.append(
+            f"| {column['name']} | `{column['jsonPath']}` | {_cell(column.get('description', ''))} |"
+        )
     rules: list[tuple[str, str]] = []
     for part in ("spec", "status"):
         rows: list[str] = []
         _walk(part, schema["properties"][part], rows, rules)
         lines += [f"\n## {part}\n", "| field | type | default | description |", "|---|---|---|---|", *rows]
     _walk("", {"x-kubernetes-validations": schema.get("x-kubernetes-validations", [])}, [], rules)
-    lines += ["\n## Validation rules (checked by the API server at admission)\n", "| where | rule |", "|---|---|"]
+    lines += [
+        "\n## Validation rules (checked by the API server at admission)\n",
+        "| where | rule |",
+        "|---|---|",
+    ]
     lines += [f"| `{where}` | {_cell(message)} |" for where, message in rules]
     return "\n".join(lines) + "\n"
 
@@ -134,7 +145,9 @@ PAGES = {API_PAGE: api_reference, SETTINGS_PAGE: runtime_settings}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="fail when a committed page differs")
     args = parser.parse_args()
     stale: list[str] = []
