@@ -1,0 +1,98 @@
+"""CLI: `python -m slm_runtime serve …` and `python -m slm_runtime fetch …`.
+
+Flags are generated from the settings classes, so every flag has its `SLM_*` variable and the
+settings stay the single list. Flags win over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import uvicorn
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+
+from slm_runtime import __version__
+from slm_runtime.middleware import JsonLogFormatter
+from slm_runtime.settings import ENV_PREFIX, FetchSettings, ServeSettings
+
+
+def _add_flags(parser: argparse.ArgumentParser, settings_class: type[BaseSettings]) -> None:
+    for name, field in settings_class.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        env = ENV_PREFIX + name.upper()
+        parser.add_argument(
+            flag, dest=name, default=argparse.SUPPRESS, metavar="VALUE", help=f"{field.description} [{env}]"
+        )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slm_runtime", description="SLM inference runtime")
+    parser.add_argument("--version", action="version", version=f"slm-runtime {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_flags(commands.add_parser("serve", help="serve one model (Ollama and OpenAI APIs)"), ServeSettings)
+    _add_flags(commands.add_parser("fetch", help="download a model into the cache"), FetchSettings)
+    return parser
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class _DrainingServer(uvicorn.Server):
+    """Marks the runtime as draining on SIGTERM so /readyz drops out of the Service at once."""
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        app = self.config.app
+        state = getattr(app, "state", None)
+        runtime = getattr(state, "runtime", None)
+        if runtime is not None:
+            runtime.draining = True
+        super().handle_exit(sig, frame)
+
+
+def serve(settings: ServeSettings) -> int:
+    from slm_runtime.app import create_app
+
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.drain_timeout_seconds) or None,
+        log_level=settings.log_level,
+    )
+    _DrainingServer(config).run()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = vars(_parser().parse_args(argv))
+    command = args.pop("command")
+    try:
+        if command == "serve":
+            return serve(ServeSettings(**args))
+        from slm_runtime.fetch import run
+
+        configure_logging("info")
+        return run(FetchSettings(**args))
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"])
+            print(f"invalid setting {where} ({ENV_PREFIX}{where.upper()}): {error['msg']}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Inference backends: llama.cpp for GGUF, ONNX Runtime for ONNX."""

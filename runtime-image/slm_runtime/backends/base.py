@@ -1,0 +1,196 @@
+"""What every backend offers the HTTP layer: generation jobs streamed from a worker, embeddings, metadata."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+DoneReason = Literal["stop", "length", "cancelled"]
+
+
+class BackendError(Exception):
+    """A request the backend cannot serve; the message is safe to show to the client."""
+
+
+class ContextLengthExceededError(BackendError):
+    """The prompt does not fit the context window."""
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Sampling and stopping parameters, already merged from defaults and the request."""
+
+    max_tokens: int = -1  # -1: until the context is full
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    json_mode: bool = False
+    json_schema: dict[str, Any] | None = None
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int
+    completion_tokens: int
+    done_reason: DoneReason
+    queued_ns: int  # arrival until the backend started on it
+    prompt_eval_ns: int  # start until the first token was sampled
+    eval_ns: int  # first token until done
+    total_ns: int
+    output_tokens: list[int] = field(default_factory=list)
+    cached_tokens: int = 0  # prompt tokens reused from the KV cache instead of recomputed
+
+
+@dataclass
+class TokenEvent:
+    text: str
+
+
+@dataclass
+class DoneEvent:
+    stats: GenerationStats
+
+
+@dataclass
+class ErrorEvent:
+    message: str
+
+
+Event = TokenEvent | DoneEvent | ErrorEvent
+
+
+class GenerationJob:
+    """One request's generation, handed from the event loop to a backend worker thread.
+
+    The worker calls `emit_*` (thread-safe); the HTTP layer awaits `next_event()`.
+    Setting `cancelled` (client gone) makes the worker stop and free the sequence.
+    """
+
+    def __init__(
+        self,
+        prompt_tokens: Sequence[int],
+        options: SamplingOptions,
+        loop: asyncio.AbstractEventLoop,
+        arrived_at_ns: int | None = None,
+    ) -> None:
+        self.prompt_tokens = list(prompt_tokens)
+        self.options = options
+        self.cancelled = threading.Event()
+        self.arrived_at_ns = arrived_at_ns if arrived_at_ns is not None else time.perf_counter_ns()
+        self._loop = loop
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+
+    def _put(self, event: Event) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            self.cancelled.set()
+
+    def emit_token(self, text: str) -> None:
+        self._put(TokenEvent(text))
+
+    def emit_done(self, stats: GenerationStats) -> None:
+        self._put(DoneEvent(stats))
+
+    def emit_error(self, message: str) -> None:
+        self._put(ErrorEvent(message))
+
+    async def next_event(self) -> Event:
+        return await self._events.get()
+
+
+@dataclass(frozen=True)
+class ModelDetails:
+    """What /api/show, /api/tags and /readyz report about the loaded model."""
+
+    format: Literal["gguf", "onnx"]
+    family: str
+    parameter_size: str
+    quantization_level: str
+    size_bytes: int
+    context_length: int
+    capabilities: tuple[str, ...]
+    model_info: dict[str, Any]
+    chat_template: str
+    backend: str
+    device: str
+    execution_provider: str
+    warnings: tuple[str, ...] = ()
+
+
+class Backend(Protocol):
+    details: ModelDetails
+
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]: ...
+
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str: ...
+
+    def validate(self, prompt_tokens: Sequence[int], options: SamplingOptions) -> None:
+        """Raises BackendError when the request cannot run (checked before a response starts)."""
+        ...
+
+    def submit(self, job: GenerationJob) -> None:
+        """Start a job; events arrive on the job. Called only when a slot is free."""
+        ...
+
+    def embed(self, texts: Sequence[str], *, truncate: bool) -> tuple[list[list[float]], int]:
+        """Blocking: unit-length vectors and the number of tokens read."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def format_parameter_count(count: int) -> str:
+    """Ollama's parameter_size text, e.g. 7.6B, 494M, 3M."""
+    if count >= 1_000_000_000:
+        return f"{count / 1e9:.1f}B"
+    if count >= 1_000_000:
+        return f"{count / 1e6:.0f}M"
+    return f"{count / 1e3:.0f}K"
+
+
+class StopMatcher:
+    """Streams text while holding back any tail that could start a stop string."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self._stops = [s for s in stops if s]
+        self._pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Returns (text safe to emit, whether a stop string was hit)."""
+        if not self._stops:
+            return text, False
+        self._pending += text
+        first_hit = min(
+            (i for i in (self._pending.find(s) for s in self._stops) if i >= 0),
+            default=-1,
+        )
+        if first_hit >= 0:
+            out = self._pending[:first_hit]
+            self._pending = ""
+            return out, True
+        hold = 0
+        for stop in self._stops:
+            for length in range(min(len(stop) - 1, len(self._pending)), 0, -1):
+                if self._pending.endswith(stop[:length]):
+                    hold = max(hold, length)
+                    break
+        out = self._pending[: len(self._pending) - hold]
+        self._pending = self._pending[len(self._pending) - hold :]
+        return out, False
+
+    def flush(self) -> str:
+        out, self._pending = self._pending, ""
+        return out

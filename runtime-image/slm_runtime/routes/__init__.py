@@ -1,0 +1,1 @@
+"""HTTP routes: Ollama API, OpenAI API, health and metrics."""

@@ -1,0 +1,293 @@
+"""The OpenAI API: chat and text completions (SSE streaming ending in `data: [DONE]`), embeddings, models."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from slm_runtime.backends.base import BackendError, GenerationStats
+from slm_runtime.errors import ApiError, error_body
+from slm_runtime.options import sampling_from_openai
+from slm_runtime.routes.ollama import embed_texts
+from slm_runtime.runtime import ClosingStreamingResponse, Runtime, chat_messages, collect, generate
+from slm_runtime.scheduler import Ticket
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class ChatCompletionRequest(_Request):
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(default=1, ge=1, le=1)
+    tools: list[dict[str, Any]] | None = None
+
+
+class CompletionRequest(_Request):
+    model: str
+    prompt: str | list[str]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(default=1, ge=1, le=1)
+    echo: bool = False
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    input: str | list[str]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def _usage(stats: GenerationStats) -> dict[str, Any]:
+    return {
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": stats.completion_tokens,
+        "total_tokens": stats.prompt_tokens + stats.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": stats.cached_tokens},
+    }
+
+
+def _text_content(content: str | list[dict[str, Any]] | None) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    parts = []
+    for part in content:
+        if part.get("type") != "text":
+            raise ApiError(400, f"content part type {part.get('type')!r} is not supported", param="messages")
+        parts.append(str(part.get("text", "")))
+    return "".join(parts)
+
+
+def _sse(events: AsyncGenerator[dict[str, Any], None], ticket: Ticket) -> ClosingStreamingResponse:
+    async def lines() -> AsyncIterator[bytes]:
+        try:
+            async with aclosing(events):
+                async for event in events:
+                    yield b"data: " + json.dumps(event, ensure_ascii=False).encode() + b"\n\n"
+        except ApiError as exc:  # headers are gone; send the error as an event, then end the stream
+            yield b"data: " + json.dumps(error_body("openai", exc.status, exc.message)).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    return ClosingStreamingResponse(lines(), media_type="text/event-stream", ticket=ticket)
+
+
+def build_router() -> APIRouter:
+    router = APIRouter(prefix="/v1")
+
+    @router.get("/models")
+    async def models(request: Request) -> dict[str, Any]:
+        runtime = _runtime(request)
+        created = int(runtime.loaded_at.timestamp()) if runtime.loaded_at else 0
+        data = [{"id": runtime.model_name, "object": "model", "created": created, "owned_by": "slm-runtime"}]
+        return {"object": "list", "data": data if runtime.backend is not None else []}
+
+    @router.get("/models/{model_id:path}")
+    async def model(request: Request, model_id: str) -> dict[str, Any]:
+        runtime = _runtime(request)
+        runtime.check_model(model_id)
+        created = int(runtime.loaded_at.timestamp()) if runtime.loaded_at else 0
+        return {"id": runtime.model_name, "object": "model", "created": created, "owned_by": "slm-runtime"}
+
+    @router.post("/chat/completions", response_model=None)
+    async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response | dict[str, Any]:
+        runtime = _runtime(request)
+        runtime.check_model(body.model)
+        backend = runtime.require_backend()
+        raw = body.model_dump()
+        options = sampling_from_openai(runtime.settings.default_parameters, raw)
+        messages = []
+        for m in body.messages:
+            entry: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role}
+            entry["content"] = _text_content(m.content)
+            if m.tool_calls:
+                entry["tool_calls"] = m.tool_calls
+            if m.tool_call_id:
+                entry["tool_call_id"] = m.tool_call_id
+            messages.append(entry)
+        try:
+            text = backend.render_chat(chat_messages(runtime, messages), body.tools)
+            prompt_tokens = backend.tokenize(text, add_special=True)
+        except BackendError as exc:
+            raise ApiError(400, str(exc), param="messages") from exc
+        ticket = runtime.start(prompt_tokens, options)
+        stream = generate(runtime, request, ticket, prompt_tokens, options)
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        model_name = runtime.model_name
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        if not body.stream:
+            content, stats = await collect(stream)
+            return {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": model_name,
+                "system_fingerprint": "slm-runtime",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "logprobs": None,
+                        "finish_reason": stats.done_reason,
+                    }
+                ],
+                "usage": _usage(stats),
+            }
+
+        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+            event: dict[str, Any] = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model_name,
+                "system_fingerprint": "slm-runtime",
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            }
+            if include_usage:
+                event["usage"] = None
+            return event
+
+        async def events() -> AsyncGenerator[dict[str, Any], None]:
+            yield chunk({"role": "assistant", "content": ""}, None)
+            async with aclosing(stream):
+                async for item in stream:
+                    if isinstance(item, GenerationStats):
+                        yield chunk({}, item.done_reason)
+                        if include_usage:
+                            usage_event = chunk({}, None)
+                            usage_event["choices"] = []
+                            usage_event["usage"] = _usage(item)
+                            yield usage_event
+                    else:
+                        yield chunk({"content": item}, None)
+
+        return _sse(events(), ticket)
+
+    @router.post("/completions", response_model=None)
+    async def completions(request: Request, body: CompletionRequest) -> Response | dict[str, Any]:
+        runtime = _runtime(request)
+        runtime.check_model(body.model)
+        backend = runtime.require_backend()
+        if isinstance(body.prompt, list):
+            if len(body.prompt) != 1:
+                raise ApiError(400, "exactly one prompt per request is supported", param="prompt")
+            prompt = body.prompt[0]
+        else:
+            prompt = body.prompt
+        options = sampling_from_openai(runtime.settings.default_parameters, body.model_dump())
+        try:
+            prompt_tokens = backend.tokenize(prompt, add_special=True)
+        except BackendError as exc:
+            raise ApiError(400, str(exc), param="prompt") from exc
+        ticket = runtime.start(prompt_tokens, options)
+        stream = generate(runtime, request, ticket, prompt_tokens, options)
+        completion_id = f"cmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        model_name = runtime.model_name
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        prefix = prompt if body.echo else ""
+
+        if not body.stream:
+            text, stats = await collect(stream)
+            return {
+                "id": completion_id,
+                "object": "text_completion",
+                "created": created,
+                "model": model_name,
+                "choices": [
+                    {"index": 0, "text": prefix + text, "logprobs": None, "finish_reason": stats.done_reason}
+                ],
+                "usage": _usage(stats),
+            }
+
+        def chunk(text: str, finish: str | None) -> dict[str, Any]:
+            event: dict[str, Any] = {
+                "id": completion_id,
+                "object": "text_completion",
+                "created": created,
+                "model": model_name,
+                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+            }
+            if include_usage:
+                event["usage"] = None
+            return event
+
+        async def events() -> AsyncGenerator[dict[str, Any], None]:
+            if prefix:
+                yield chunk(prefix, None)
+            async with aclosing(stream):
+                async for item in stream:
+                    if isinstance(item, GenerationStats):
+                        yield chunk("", item.done_reason)
+                        if include_usage:
+                            usage_event = chunk("", None)
+                            usage_event["choices"] = []
+                            usage_event["usage"] = _usage(item)
+                            yield usage_event
+                    else:
+                        yield chunk(item, None)
+
+        return _sse(events(), ticket)
+
+    @router.post("/embeddings")
+    async def embeddings(request: Request, body: EmbeddingRequest) -> dict[str, Any]:
+        runtime = _runtime(request)
+        runtime.check_model(body.model)
+        inputs = [body.input] if isinstance(body.input, str) else body.input
+        if not inputs or any(not text for text in inputs):
+            raise ApiError(
+                400, "input must be a non-empty string or list of non-empty strings", param="input"
+            )
+        vectors, tokens = await embed_texts(runtime, inputs, truncate=True)
+        data = []
+        for index, vector in enumerate(vectors):
+            if body.dimensions:
+                cut = np.asarray(vector[: body.dimensions])
+                norm = float(np.linalg.norm(cut))
+                vector = (cut / norm if norm > 0 else cut).tolist()
+            embedding: list[float] | str = vector
+            if body.encoding_format == "base64":
+                embedding = base64.b64encode(np.asarray(vector, dtype=np.float32).tobytes()).decode()
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        return {
+            "object": "list",
+            "data": data,
+            "model": runtime.model_name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+    return router

@@ -1,0 +1,150 @@
+"""The runtime's settings: the single list of `SLM_*` environment variables and CLI flags.
+
+The operator renders these variables into the Deployment; a contract test checks that every
+variable it emits is declared here (`ServeSettings.env_names()`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "SLM_"
+
+
+class _SlmSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", case_sensitive=False)
+
+    @classmethod
+    def env_names(cls) -> list[str]:
+        """Every environment variable this settings class reads, in declaration order."""
+        names: list[str] = []
+        for field_name, field in cls.model_fields.items():
+            extra = field.json_schema_extra
+            aliases = extra.get("env_aliases", []) if isinstance(extra, dict) else []
+            names.append(ENV_PREFIX + field_name.upper())
+            names.extend(str(alias) for alias in aliases)  # type: ignore[union-attr]
+        return names
+
+
+class ServeSettings(_SlmSettings):
+    """Settings of `slm_runtime serve`; each field is `SLM_<FIELD>` and `--<field-with-dashes>`."""
+
+    model: Path = Field(description="Model path: a .gguf file, or a folder holding an ONNX model.")
+    model_name: str = Field(
+        default="", description="Name the model is served under (e.g. phi4:mini); default from the path."
+    )
+    format: Literal["auto", "gguf", "onnx"] = Field(default="auto", description="Model format.")
+    host: str = Field(default="0.0.0.0", description="Address to listen on.")
+    port: int = Field(default=8080, ge=1, le=65535, description="Port for all APIs, probes and metrics.")
+    device: Literal["cpu", "gpu", "npu"] = Field(
+        default="cpu", description="Device tier chosen by placement."
+    )
+    execution_provider: Literal["auto", "cpu", "cuda", "rocm", "openvino", "qnn", "dml", "cann"] = Field(
+        default="auto", description="ONNX Runtime execution provider; auto picks from the device."
+    )
+    context_length: int = Field(default=4096, ge=16, description="Context window per sequence in tokens.")
+    batch_size: int = Field(default=512, ge=1, description="Prompt tokens decoded per step (n_batch).")
+    parallel_requests: int = Field(default=4, ge=1, le=256, description="Sequences generated concurrently.")
+    max_queue: int = Field(default=64, ge=0, description="Requests allowed to wait; beyond, 503.")
+    threads: int = Field(default=0, ge=0, description="CPU threads; 0 = number of usable cores.")
+    gpu_layers: int = Field(
+        default=-1, ge=-1, description="Layers offloaded to the GPU (-1 = all on GPU builds; ignored on CPU)."
+    )
+    flash_attention: Literal["auto", "on", "off"] = Field(default="auto", description="Flash attention.")
+    kv_cache_type: Literal["f16", "q8_0", "q4_0"] = Field(default="f16", description="KV cache data type.")
+    system_prompt: str = Field(default="", description="Default system prompt (Modelfile SYSTEM).")
+    chat_template: str = Field(
+        default="", description="Jinja chat template overriding the one in the model's metadata."
+    )
+    default_parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="JSON object of default Ollama options (Modelfile PARAMETER), e.g. temperature, stop.",
+    )
+    api_key: str = Field(default="", description="Bearer token required on API routes; empty = no auth.")
+    openai_api: bool = Field(default=True, description="Serve the OpenAI API under /v1.")
+    ollama_api: bool = Field(default=True, description="Serve the Ollama API under /api.")
+    embeddings: bool | None = Field(
+        default=None, description="Serve embeddings; unset = on for GGUF and ONNX embedding models."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+    log_prompts: bool = Field(default=False, description="Include prompt text in the access log.")
+    max_request_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body accepted.")
+    drain_timeout_seconds: float = Field(
+        default=30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish."
+    )
+
+    @field_validator("default_parameters", mode="before")
+    @classmethod
+    def _parse_parameters(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value.strip():
+                return {}
+            parsed = json.loads(value)
+            if not isinstance(parsed, dict):
+                raise ValueError("default_parameters must be a JSON object")
+            return parsed
+        return value
+
+    @field_validator("embeddings", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _derive_defaults(self) -> ServeSettings:
+        if not self.model_name:
+            stem = self.model.name
+            for suffix in (".gguf", ".onnx"):
+                stem = stem.removesuffix(suffix)
+            self.model_name = stem
+        if ":" not in self.model_name:  # Ollama names always carry a tag
+            self.model_name += ":latest"
+        if self.format == "auto":
+            self.format = "onnx" if self.model.is_dir() or self.model.suffix == ".onnx" else "gguf"
+        return self
+
+    def effective_threads(self) -> int:
+        if self.threads > 0:
+            return self.threads
+        return max(1, len(os.sched_getaffinity(0)))
+
+
+class FetchSettings(_SlmSettings):
+    """Settings of `slm_runtime fetch`."""
+
+    source: str = Field(description="https://, http://, hf://org/repo/path[@rev], pvc://claim/path, file://")
+    dest: Path = Field(description="Destination folder (the model cache).")
+    sha256: str = Field(default="", description="Expected sha256 (hex); empty = the source's digest.")
+    quantize: str = Field(default="", description="Requantize a GGUF after download: q8_0 or q4_k_m.")
+    filename: str = Field(default="", description="File name in dest; default from the source path.")
+    hf_token: str = Field(
+        default="",
+        description="Hugging Face token (also read from HF_TOKEN).",
+        json_schema_extra={"env_aliases": ["HF_TOKEN"]},
+    )
+    hf_endpoint: str = Field(default="https://huggingface.co", description="Hugging Face endpoint.")
+    retries: int = Field(default=5, ge=0, description="Retries after a failed or cut transfer.")
+    timeout_seconds: float = Field(default=30.0, gt=0, description="Connect and read timeout.")
+    backoff_seconds: float = Field(default=1.0, ge=0, description="First retry delay; doubles each retry.")
+    pvc_root: Path = Field(default=Path("/mnt/pvc"), description="Where pvc:// claims are mounted.")
+    termination_log: Path = Field(
+        default=Path("/dev/termination-log"),
+        description="Where the outcome is also written for Kubernetes (the container's termination message, "
+        "which the operator reads); skipped when no such file exists.",
+    )
+
+    _hf_token_fallback: ClassVar[str] = "HF_TOKEN"
+
+    @model_validator(mode="after")
+    def _token_fallback(self) -> FetchSettings:
+        if not self.hf_token:
+            self.hf_token = os.environ.get(self._hf_token_fallback, "")
+        self.sha256 = self.sha256.strip().lower()
+        self.quantize = self.quantize.strip().lower()
+        return self
