@@ -198,6 +198,7 @@ class Kubernetes:
             "PATCH",
             _path(kind, namespace, name) + "/status",
             kind=kind,
+            query=[("fieldManager", FIELD_MANAGER)],
             body=[{"op": "add", "path": "/status", "value": dict(status)}],
             content_type="application/json-patch+json",
         )

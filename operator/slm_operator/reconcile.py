@@ -113,6 +113,7 @@ class Reconciler:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         concurrency: int = 8,
+        debounce_seconds: float = 0.5,
     ) -> None:
         self.api = api
         self.settings = settings
@@ -126,6 +127,9 @@ class Reconciler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._timers: dict[Key, asyncio.TimerHandle] = {}
         self._slots = asyncio.Semaphore(concurrency)
+        # Children change in bursts (claim bound, Job done, pods ready...): triggers that
+        # arrive within this window of the first one share one reconcile.
+        self.debounce_seconds = debounce_seconds
         self._failures: dict[Key, int] = {}
         # Fetch attempts per (object, Job name); in memory: after a restart retries start over.
         self._fetch_attempts: dict[tuple[Key, str], int] = {}
@@ -209,6 +213,8 @@ class Reconciler:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def _run(self, key: Key) -> None:
+        if self.debounce_seconds:
+            await asyncio.sleep(self.debounce_seconds)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock, self._slots:
             self._pending.discard(key)

@@ -566,3 +566,26 @@ def test_kubectl_explain_describes_fields(cluster: LocalCluster, crds: list[str]
     explained = cluster.kubectl("explain", "slmdeployment.spec.hardware.fallback").stdout
     assert "Tiers tried in order" in explained
     assert "slmd" in cluster.kubectl("api-resources", "--api-group=slm.dev").stdout
+
+
+def test_the_operator_writes_only_status_so_gitops_sees_no_drift(
+    cluster: LocalCluster, namespace: str, slm_operator: OperatorProcess
+) -> None:
+    manifest = slm("gitops", {"model": {"name": "qwen2.5:0.5b"}, "hardware": {"preferred": "cpu"}})
+    manifest["metadata"]["labels"] = {"app.kubernetes.io/part-of": "assistants"}
+    cluster.kubectl("apply", "--server-side", "--field-manager=argocd-controller", "-n", namespace, "-f", "-",
+                    input=json.dumps(manifest))  # fmt: skip
+    applied = get(cluster, namespace, "slm", "gitops")
+    obj = wait_condition(cluster, namespace, "gitops", "Ready", "True")
+    assert obj["spec"] == applied["spec"]
+    assert obj["metadata"].get("labels") == applied["metadata"].get("labels")
+    assert obj["metadata"].get("annotations") == applied["metadata"].get("annotations")
+    assert not obj["metadata"].get("finalizers")
+    assert obj["metadata"]["generation"] == 1
+    fields = get(cluster, namespace, "slm", "gitops", "--show-managed-fields")["metadata"]["managedFields"]
+    managers = {(m["manager"], m.get("subresource", "")) for m in fields}
+    assert managers == {("argocd-controller", ""), ("slm-operator", "status")}
+    # A re-sync of the same manifest changes nothing: the operator added no fields to fight over.
+    dry = cluster.kubectl("diff", "--server-side", "--field-manager=argocd-controller", "-n", namespace, "-f", "-",
+                          input=json.dumps(manifest), check=False)  # fmt: skip
+    assert dry.returncode == 0, dry.stdout

@@ -14,45 +14,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+from slm_operator.builders import RUNTIME_ENV_NAMES
 from slm_runtime.__main__ import _parser
 from slm_runtime.settings import FetchSettings, ServeSettings
 from tests.runtime.conftest import free_port, wait_until
 
 pytestmark = pytest.mark.runtime
 
-# The variables the operator's Deployment builder emits (ARCHITECTURE.md §5 contract).
-OPERATOR_EMITS = {
-    "SLM_MODEL",
-    "SLM_MODEL_NAME",
-    "SLM_FORMAT",
-    "SLM_HOST",
-    "SLM_PORT",
-    "SLM_DEVICE",
-    "SLM_EXECUTION_PROVIDER",
-    "SLM_CONTEXT_LENGTH",
-    "SLM_BATCH_SIZE",
-    "SLM_PARALLEL_REQUESTS",
-    "SLM_MAX_QUEUE",
-    "SLM_THREADS",
-    "SLM_GPU_LAYERS",
-    "SLM_FLASH_ATTENTION",
-    "SLM_KV_CACHE_TYPE",
-    "SLM_SYSTEM_PROMPT",
-    "SLM_CHAT_TEMPLATE",
-    "SLM_DEFAULT_PARAMETERS",
-    "SLM_API_KEY",
-    "SLM_OPENAI_API",
-    "SLM_OLLAMA_API",
-    "SLM_EMBEDDINGS",
-    "SLM_LOG_LEVEL",
-    "SLM_LOG_PROMPTS",
-    "SLM_MAX_REQUEST_BYTES",
-    "SLM_DRAIN_TIMEOUT_SECONDS",
-}
-
 
 def test_env_names_cover_the_contract() -> None:
-    assert set(ServeSettings.env_names()) >= OPERATOR_EMITS
+    assert set(ServeSettings.env_names()) >= set(RUNTIME_ENV_NAMES)
     fetch_names = set(FetchSettings.env_names())
     assert {
         "SLM_SOURCE",

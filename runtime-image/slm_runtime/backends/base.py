@@ -20,6 +20,18 @@ class ContextLengthExceededError(BackendError):
     """The prompt does not fit the context window."""
 
 
+def check_prompt(prompt_tokens: Sequence[int], *, generative: bool, context_length: int) -> None:
+    """What every backend refuses before generating: no generator, no prompt, no room."""
+    if not generative:
+        raise BackendError("this model only supports embeddings")
+    if not prompt_tokens:
+        raise BackendError("prompt is empty")
+    if len(prompt_tokens) >= context_length:
+        raise ContextLengthExceededError(
+            f"prompt is {len(prompt_tokens)} tokens; the context window is {context_length}"
+        )
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     """Sampling and stopping parameters, already merged from defaults and the request."""

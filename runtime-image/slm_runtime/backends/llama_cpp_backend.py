@@ -36,6 +36,7 @@ from slm_runtime.backends.base import (
     ModelDetails,
     SamplingOptions,
     StopMatcher,
+    check_prompt,
     format_parameter_count,
 )
 from slm_runtime.settings import ServeSettings
@@ -226,14 +227,7 @@ class LlamaCppBackend:
     # -- generation --------------------------------------------------------------------------------
 
     def validate(self, prompt_tokens: Sequence[int], options: SamplingOptions) -> None:
-        if not self._generative:
-            raise BackendError("this model only supports embeddings")
-        if not prompt_tokens:
-            raise BackendError("prompt is empty")
-        if len(prompt_tokens) >= self._context_length:
-            raise ContextLengthExceededError(
-                f"prompt is {len(prompt_tokens)} tokens; the context window is {self._context_length}"
-            )
+        check_prompt(prompt_tokens, generative=self._generative, context_length=self._context_length)
         grammar = self._grammar_for(options)  # a bad schema fails the request here, not in the worker
         if grammar is not None:
             llama_cpp.llama_sampler_free(grammar)

@@ -26,6 +26,7 @@ from slm_runtime.backends.base import (
     ModelDetails,
     SamplingOptions,
     StopMatcher,
+    check_prompt,
     format_parameter_count,
 )
 from slm_runtime.settings import ServeSettings
@@ -176,14 +177,7 @@ class OnnxBackend:
         return rendered
 
     def validate(self, prompt_tokens: Sequence[int], options: SamplingOptions) -> None:
-        if not self._generative:
-            raise BackendError("this model only supports embeddings")
-        if not prompt_tokens:
-            raise BackendError("prompt is empty")
-        if len(prompt_tokens) >= self._context_length:
-            raise ContextLengthExceededError(
-                f"prompt is {len(prompt_tokens)} tokens; the context window is {self._context_length}"
-            )
+        check_prompt(prompt_tokens, generative=self._generative, context_length=self._context_length)
 
     def submit(self, job: GenerationJob) -> None:
         self.validate(job.prompt_tokens, job.options)

@@ -332,3 +332,22 @@ async def test_own_status_write_is_recognised_and_children_come_from_the_watch(
     reconciler.remember_child("Service", "ai", "assistant", None)  # the watch says it was deleted
     result = await reconciler.reconcile(KEY)
     assert result.applied == ["Service/assistant"]
+
+
+async def test_a_burst_of_triggers_runs_one_reconcile(api: FakeApi, reconciler: Reconciler) -> None:
+    reconciler.debounce_seconds = 0.05
+    runs: list[tuple[str, str]] = []
+
+    async def counting(key: tuple[str, str]) -> Any:
+        runs.append(key)
+        return await Reconciler.reconcile(reconciler, key)
+
+    reconciler.reconcile = counting  # type: ignore[method-assign]
+    for _ in range(5):
+        reconciler.enqueue(KEY)
+    reconciler.enqueue(("ai", "other"))
+    await reconciler.idle()
+    assert sorted(runs) == [KEY, ("ai", "other")]
+    reconciler.enqueue(KEY)  # a trigger after the run starts a new one
+    await reconciler.idle()
+    assert runs.count(KEY) == 2

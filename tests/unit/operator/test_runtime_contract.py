@@ -6,11 +6,8 @@ both packages, holds them together.
 
 from __future__ import annotations
 
-import pytest
-
+import slm_runtime.settings as runtime_settings
 from slm_operator.builders import FETCH_ENV_NAMES, FETCH_FLAGS, RUNTIME_ENV_NAMES
-
-runtime_settings = pytest.importorskip("slm_runtime.settings")
 
 
 def test_every_serve_variable_is_declared_by_the_runtime() -> None:
