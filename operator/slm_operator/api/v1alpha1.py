@@ -8,7 +8,7 @@ camelCase through the alias generator.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -31,7 +31,7 @@ ModelFormat = Literal["auto", "gguf", "onnx"]
 CachePhase = Literal["", "Pending", "Fetching", "Ready", "Failed"]
 
 # Quantizations that llama.cpp files carry (Ollama tags use the same spelling).
-GGUF_QUANTIZATIONS: tuple[str, ...] = (
+GGUFQuantization = Literal[
     "f32",
     "bf16",
     "f16",
@@ -46,30 +46,12 @@ GGUF_QUANTIZATIONS: tuple[str, ...] = (
     "q3_k_m",
     "q3_k_s",
     "q2_k",
-)
-# Precisions that ONNX Runtime GenAI model folders come in.
-ONNX_QUANTIZATIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int4")
-Quantization = Literal[
-    "auto",
-    "f32",
-    "bf16",
-    "f16",
-    "q8_0",
-    "q6_k",
-    "q5_k_m",
-    "q5_k_s",
-    "q5_0",
-    "q4_k_m",
-    "q4_k_s",
-    "q4_0",
-    "q3_k_m",
-    "q3_k_s",
-    "q2_k",
-    "fp32",
-    "fp16",
-    "int8",
-    "int4",
 ]
+# Precisions that ONNX Runtime GenAI model folders come in.
+ONNXQuantization = Literal["fp32", "fp16", "int8", "int4"]
+GGUF_QUANTIZATIONS: tuple[str, ...] = get_args(GGUFQuantization)
+ONNX_QUANTIZATIONS: tuple[str, ...] = get_args(ONNXQuantization)
+Quantization = Literal["auto", GGUFQuantization, ONNXQuantization]
 
 QUANTITY_PATTERN = r"^([+]?[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?)?$"
 SOURCE_PATTERN = r"^((https?|hf|pvc|s3|file)://.+)?$"

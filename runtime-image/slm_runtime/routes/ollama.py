@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import json
 import re
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -159,6 +159,17 @@ def _modified_at(runtime: Runtime) -> str:
     return datetime.fromtimestamp(mtime, UTC).isoformat().replace("+00:00", "Z")
 
 
+async def _chunks(
+    stream: AsyncGenerator[str | GenerationStats, None],
+    partial: Callable[[str], dict[str, Any]],
+    final: Callable[[GenerationStats, str], dict[str, Any]],
+) -> AsyncGenerator[dict[str, Any], None]:
+    """NDJSON objects of a generation: one per piece of text, then the final statistics."""
+    async with aclosing(stream):
+        async for item in stream:
+            yield final(item, "") if isinstance(item, GenerationStats) else partial(item)
+
+
 def _ndjson(items: AsyncGenerator[dict[str, Any], None], ticket: Ticket) -> ClosingStreamingResponse:
     async def lines() -> AsyncIterator[bytes]:
         try:
@@ -309,15 +320,10 @@ def build_router() -> APIRouter:
             text_out, stats = await collect(stream)
             return final(stats, text_out)
 
-        async def chunks() -> AsyncGenerator[dict[str, Any], None]:
-            async with aclosing(stream):
-                async for item in stream:
-                    if isinstance(item, GenerationStats):
-                        yield final(item, "")
-                    else:
-                        yield {"model": model, "created_at": now_rfc3339(), "response": item, "done": False}
+        def partial(text: str) -> dict[str, Any]:
+            return {"model": model, "created_at": now_rfc3339(), "response": text, "done": False}
 
-        return _ndjson(chunks(), ticket)
+        return _ndjson(_chunks(stream, partial, final), ticket)
 
     @router.post("/api/chat", response_model=None)
     async def chat(request: Request, body: ChatRequest) -> Response | dict[str, Any]:
@@ -366,20 +372,15 @@ def build_router() -> APIRouter:
             text_out, stats = await collect(stream)
             return final(stats, text_out)
 
-        async def chunks() -> AsyncGenerator[dict[str, Any], None]:
-            async with aclosing(stream):
-                async for item in stream:
-                    if isinstance(item, GenerationStats):
-                        yield final(item, "")
-                    else:
-                        yield {
-                            "model": model,
-                            "created_at": now_rfc3339(),
-                            "message": {"role": "assistant", "content": item},
-                            "done": False,
-                        }
+        def partial(text: str) -> dict[str, Any]:
+            return {
+                "model": model,
+                "created_at": now_rfc3339(),
+                "message": {"role": "assistant", "content": text},
+                "done": False,
+            }
 
-        return _ndjson(chunks(), ticket)
+        return _ndjson(_chunks(stream, partial, final), ticket)
 
     @router.post("/api/embed")
     async def embed(request: Request, body: EmbedRequest) -> dict[str, Any]:
