@@ -229,9 +229,12 @@ def up(state: Path) -> None:
         ).stdout
         say("  " + nodes.replace("\n", "\n  ").rstrip())
 
-    with step(2, "CRDs and RBAC from the Helm chart (the operator runs here, so 0 in-cluster replicas)"):
+    with step(2, "CRDs and namespace-scoped RBAC from the Helm chart (the operator runs here: 0 replicas)"):
+        # Namespace scope: the operator below serves only the demo namespace.
+        cluster.kubectl("create", "namespace", NAMESPACE, check=False)
         helm(cluster, "upgrade", "--install", RELEASE, str(REPO_ROOT / "charts" / "slm-operator"),
-             "--namespace", RELEASE_NAMESPACE, "--create-namespace", "--set", "replicas=0", "--wait")  # fmt: skip
+             "--namespace", RELEASE_NAMESPACE, "--create-namespace", "--set", "replicas=0",
+             "--set", "scope=namespace", "--set", f"watchNamespaces[0]={NAMESPACE}", "--wait")  # fmt: skip
         cluster.kubectl("wait", "--for=condition=Established", "crd/slmdeployments.slm.dev", "--timeout=60s")
         service_account = next(
             sa["metadata"]["name"]
@@ -246,7 +249,6 @@ def up(state: Path) -> None:
             "create", "token", service_account, "-n", RELEASE_NAMESPACE, "--duration=24h"
         ).stdout.strip()
         kubeconfig = localcluster.token_kubeconfig(cluster, state / "operator.kubeconfig", token, NAMESPACE)
-        cluster.kubectl("create", "namespace", NAMESPACE, check=False)
         metrics_port = localcluster.free_port()
         start_background(
             "operator",
@@ -272,7 +274,7 @@ def up(state: Path) -> None:
     with step(4, "A generated GGUF model, served by a local HTTP server"):
         from slm_runtime.testing.tiny_models import write_tiny_gguf
 
-        model_file = www_dir / "tiny-llama.gguf"
+        model_file = www_dir / "tiny-llama-f16.gguf"  # the name says the quantization, as published GGUFs do
         if not model_file.exists():
             write_tiny_gguf(model_file)
         digest = hashlib.sha256(model_file.read_bytes()).hexdigest()

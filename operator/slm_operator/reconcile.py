@@ -344,6 +344,7 @@ class Reconciler:
                 succeeded=True,
                 sha256=str(record.get("sha256") or ""),
                 size_bytes=size,
+                quantization=str(record.get("quantization") or ""),
                 total_bytes=size,
                 bytes_downloaded=size,
             )
@@ -365,6 +366,7 @@ class Reconciler:
                         "source": plan.model.source,
                         "sha256": job_seen.sha256,
                         "sizeBytes": job_seen.size_bytes,
+                        "quantization": job_seen.quantization,
                     }
                     await self.api.annotate(
                         "PersistentVolumeClaim",

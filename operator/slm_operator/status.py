@@ -52,6 +52,7 @@ class JobObservation:
     total_bytes: int = 0
     sha256: str = ""
     size_bytes: int = 0
+    quantization: str = ""  # what the fetched file declares (a direct source's only word on it)
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ def observe_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) 
         total_bytes=size,
         sha256=str(result.get("sha256") or ""),
         size_bytes=size,
+        quantization=str(result.get("quantization") or ""),
     )
 
 
@@ -274,13 +276,14 @@ def compute_status(
         cache_status = prior.cache or CacheStatus(claim_name=cache_claim_name(owner.name), phase="Pending")
     else:
         plan = outcome
-        placement = _placement_status(plan)
         job = observed.fetch_job
+        quantization = plan.model.quantization or (job.quantization if job else "")
+        placement = _placement_status(plan, quantization)
         model_status = ModelStatus(
             name=plan.model.name,
             source=plan.model.source,
             format=plan.model.format,
-            quantization=plan.model.quantization,
+            quantization=quantization,
             sha256=(job.sha256 if job and job.sha256 else plan.model.sha256.lower()),
             size_bytes=(job.size_bytes if job and job.size_bytes else plan.model.size_bytes or 0),
         )
@@ -343,14 +346,14 @@ def compute_status(
     return status.model_dump(by_alias=True, exclude_none=True)
 
 
-def _placement_status(plan: Plan) -> PlacementStatus:
+def _placement_status(plan: Plan, quantization: str) -> PlacementStatus:
     placement = plan.placement
     return PlacementStatus(
         tier=placement.tier,
         accelerator=placement.accelerator,
         resource_name=placement.resource_name,
         node_selector=dict(placement.node_selector),
-        quantization=plan.model.quantization,
+        quantization=quantization,
         format=plan.model.format,
         backend=placement.backend,
         execution_provider=placement.execution_provider,

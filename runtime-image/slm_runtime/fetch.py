@@ -27,6 +27,7 @@ from urllib.parse import quote, unquote, urlparse
 
 import httpx
 
+from slm_runtime.gguf_header import quantization_of
 from slm_runtime.settings import FetchSettings
 
 RESULT_FILE = ".slm-fetch.json"
@@ -543,6 +544,8 @@ def _fetch_file(settings: FetchSettings, source: Source, display: str) -> dict[s
         "bytesDownloaded": size,
         "totalBytes": size,
     }
+    if final.suffix == ".gguf":
+        record["quantization"] = quantization_of(final)
     if settings.quantize:
         print(f"fetch: quantizing {final.name} to {settings.quantize}", file=sys.stderr)
         quantize_gguf(final, served, settings.quantize)

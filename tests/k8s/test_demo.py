@@ -33,6 +33,9 @@ def test_demo_places_serves_and_answers_both_clients(tmp_path: Path) -> None:
         assert "ollama client  /api/chat            -> '" in output
         assert "openai client  /v1/chat/completions -> '" in output
         assert '"verified": true' in output  # the fetch checked the sha256 the spec gave
+        assert table[2].split()[3] == "f16"  # the quantization the model file declares
+        # The operator ran as the chart's ServiceAccount and was never refused anything.
+        assert "forbidden" not in (state / "operator.log").read_text().lower()
     finally:
         down = subprocess.run(
             [sys.executable, str(DEMO), "down", "--state-dir", str(state)],

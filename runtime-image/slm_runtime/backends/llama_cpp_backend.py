@@ -39,6 +39,7 @@ from slm_runtime.backends.base import (
     check_prompt,
     format_parameter_count,
 )
+from slm_runtime.gguf_header import FILE_TYPE_NAMES
 from slm_runtime.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,6 @@ _FLASH = {
     "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
     "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
 }
-# general.file_type values (llama_ftype) → Ollama's quantization_level text.
-_FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K"}
-_FILE_TYPES |= {11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S"}
-_FILE_TYPES |= {17: "Q5_K_M", 18: "Q6_K", 32: "BF16"}
 # Encoder-only architectures: embeddings, no text generation.
 _EMBEDDING_ARCHS = {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "t5encoder"}
 # Used when the model carries no chat template (ChatML, which most small instruct models know).
@@ -168,7 +165,7 @@ class LlamaCppBackend:
             format="gguf",
             family=arch or "unknown",
             parameter_size=format_parameter_count(self._model.n_params()),
-            quantization_level=_FILE_TYPES.get(file_type, "unknown"),
+            quantization_level=FILE_TYPE_NAMES.get(file_type, "unknown"),
             size_bytes=Path(settings.model).stat().st_size,
             context_length=self._context_length,
             capabilities=tuple(capabilities),

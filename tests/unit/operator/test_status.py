@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -327,3 +328,13 @@ def test_claim_pending_before_the_job_exists(owner: Owner, plan: Plan) -> None:
     assert conditions(status)["ModelCached"] == ("False", "ClaimPending")
     assert conditions(status)["Reconciling"] == ("True", "ClaimPending")
     assert status["replicas"] == 0
+
+
+def test_a_direct_source_takes_its_quantization_from_the_fetched_file(owner: Owner, plan: Plan) -> None:
+    direct = dataclasses.replace(plan, model=dataclasses.replace(plan.model, quantization=""))
+    fetched = JobObservation(name=JOB, succeeded=True, quantization="q4_k_m")
+    status = status_for(owner, direct, ObservedChildren(claim_phase="Bound", fetch_job=fetched))
+    assert status["placement"]["quantization"] == "q4_k_m"
+    assert status["model"]["quantization"] == "q4_k_m"
+    unknown = status_for(owner, direct, ObservedChildren(claim_phase="Bound"))
+    assert unknown["placement"]["quantization"] == ""
