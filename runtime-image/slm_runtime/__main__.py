@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,7 +49,17 @@ def configure_logging(level: str) -> None:
 
 
 class _DrainingServer(uvicorn.Server):
-    """Marks the runtime as draining on SIGTERM so /readyz drops out of the Service at once."""
+    """On SIGTERM: fail /readyz at once, keep serving for the drain delay, then shut down.
+
+    Endpoints and kube-proxy's rules take a moment to drop a terminating pod; a server that
+    stopped accepting at once would refuse the requests still routed to it. A second signal
+    shuts down at once.
+    """
+
+    def __init__(self, config: uvicorn.Config, drain_delay: float) -> None:
+        super().__init__(config)
+        self.drain_delay = drain_delay
+        self._exit_timer: threading.Timer | None = None
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         app = self.config.app
@@ -56,6 +67,14 @@ class _DrainingServer(uvicorn.Server):
         runtime = getattr(state, "runtime", None)
         if runtime is not None:
             runtime.draining = True
+        if self._exit_timer is None and self.drain_delay > 0:
+            logging.getLogger("slm_runtime").info(
+                "draining: not ready; serving %.0fs more, then finishing in-flight requests", self.drain_delay
+            )
+            self._exit_timer = threading.Timer(self.drain_delay, super().handle_exit, (sig, frame))
+            self._exit_timer.daemon = True
+            self._exit_timer.start()
+            return
         super().handle_exit(sig, frame)
 
 
@@ -73,7 +92,7 @@ def serve(settings: ServeSettings) -> int:
         timeout_graceful_shutdown=int(settings.drain_timeout_seconds) or None,
         log_level=settings.log_level,
     )
-    _DrainingServer(config).run()
+    _DrainingServer(config, settings.drain_delay_seconds).run()
     return 0
 
 

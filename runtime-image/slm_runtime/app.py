@@ -155,5 +155,6 @@ def create_app(settings: ServeSettings, backend_factory: BackendFactory = load_b
         api_key=settings.api_key,
         max_request_bytes=settings.max_request_bytes,
         log_prompts=settings.log_prompts,
+        draining=lambda: runtime.draining,
     )
     return app

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,11 +23,20 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 class GuardMiddleware:
     """Rejects oversized bodies (413) and missing or wrong API keys (401), and logs each request."""
 
-    def __init__(self, app: ASGIApp, *, api_key: str, max_request_bytes: int, log_prompts: bool) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api_key: str,
+        max_request_bytes: int,
+        log_prompts: bool,
+        draining: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.app = app
         self.api_key = api_key.encode()
         self.max_request_bytes = max_request_bytes
         self.log_prompts = log_prompts
+        self.draining = draining
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -40,7 +50,11 @@ class GuardMiddleware:
         async def send_logged(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
-                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+                headers = message.setdefault("headers", [])
+                headers.append((b"x-request-id", request_id.encode()))
+                if self.draining():
+                    # Clients open their next connection elsewhere instead of reusing this one.
+                    headers.append((b"connection", b"close"))
             await send(message)
 
         body = b""

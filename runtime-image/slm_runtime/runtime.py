@@ -91,8 +91,8 @@ class Runtime:
 
     def admit(self) -> Ticket:
         self.require_backend()
-        if self.draining:
-            raise ApiError(503, "server is shutting down")
+        # Draining still admits: requests routed here before the Service dropped this pod must
+        # not fail (the server stops accepting connections after the drain delay).
         try:
             return self.scheduler.admit()
         except QueueFullError as exc:

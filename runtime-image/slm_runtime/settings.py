@@ -78,6 +78,12 @@ class ServeSettings(_SlmSettings):
     drain_timeout_seconds: float = Field(
         default=30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish."
     )
+    drain_delay_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="On SIGTERM, how long to keep accepting requests while /readyz already fails, so "
+        "the Service stops sending new ones first; responses meanwhile carry Connection: close.",
+    )
 
     @field_validator("default_parameters", mode="before")
     @classmethod

@@ -137,3 +137,56 @@ def test_gpu_request_on_cpu_build_falls_back_visibly(tiny_gguf: Path) -> None:
         )
     finally:
         server.stop()
+
+
+def test_sigterm_fails_readiness_keeps_serving_for_the_drain_delay_then_exits(tiny_gguf: Path) -> None:
+    """A pod being replaced must not refuse requests the Service still routes to it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "SLM_MODEL": str(tiny_gguf),
+        "SLM_HOST": "127.0.0.1",
+        "SLM_PORT": str(port),
+        "SLM_CONTEXT_LENGTH": "256",
+        "SLM_THREADS": "1",
+        "SLM_PARALLEL_REQUESTS": "1",
+        "SLM_DRAIN_DELAY_SECONDS": "3",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "slm_runtime", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def ready() -> bool:
+            try:
+                return httpx.get(url + "/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, timeout=60)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert httpx.get(url + "/readyz", timeout=5).status_code == 503
+        answer = httpx.post(
+            url + "/api/generate",
+            json={"model": "tiny", "prompt": "x", "stream": False, "options": {"num_predict": 2}},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["connection"] == "close"
+        assert process.poll() is None  # still serving within the 3 s drain delay
+        # uvicorn re-raises the captured SIGTERM once it has shut down cleanly.
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url + "/healthz", timeout=2)
