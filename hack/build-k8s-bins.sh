@@ -16,7 +16,9 @@ ETCD_VERSION=v3.6.14
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
 
-BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+# kubelet and kube-proxy run the local real node (hack/realnode.py).
+KUBE_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
+BINARIES=(etcd "${KUBE_CMDS[@]}" kwok helm)
 
 log() { printf '[cluster-bins %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -62,9 +64,9 @@ build_etcd() {
 
 build_kubernetes() {
   local need=0 b
-  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do [ -x "$OUT/$b" ] || need=1; done
+  for b in "${KUBE_CMDS[@]}"; do [ -x "$OUT/$b" ] || need=1; done
   [ "$need" = 1 ] || return 0
-  log "building Kubernetes $K8S_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl); the slow part"
+  log "building Kubernetes $K8S_VERSION (${KUBE_CMDS[*]}); the slow part"
   mkdir -p "$WORK/k8s" && cd "$WORK/k8s"
   # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with
   # local paths, which a dependent module ignores: pin each to the published tag.
@@ -82,6 +84,8 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 TOOLS
   log "resolving Kubernetes modules"
@@ -92,7 +96,7 @@ TOOLS
  -X k8s.io/component-base/version.gitTreeState=clean \
  -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION \
  -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
-  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  for b in "${KUBE_CMDS[@]}"; do
     [ -x "$OUT/$b" ] && continue
     log "compiling $b"
     go build -ldflags "$ldflags" -o "$OUT/$b.tmp" "k8s.io/kubernetes/cmd/$b"

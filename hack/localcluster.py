@@ -7,9 +7,14 @@ the binaries that ``hack/build-k8s-bins.sh`` builds. Registers fake nodes from a
 data file, a default StorageClass and a pool of PersistentVolumes, so that
 Deployments run, Jobs complete and PVCs bind.
 
-    python hack/localcluster.py up [--state-dir DIR] [--nodes FILE]   # last line: KUBECONFIG=...
+    python hack/localcluster.py up [--state-dir DIR] [--nodes FILE] [--real-node|--no-real-node]
     python hack/localcluster.py down [--state-dir DIR]
     python hack/localcluster.py status [--state-dir DIR]
+
+With a real node (``realnode.py``: containerd, kubelet, kube-proxy on a fenced
+bridge; the default wherever it can run, and always with ``CI=true``), the
+apiserver listens on the bridge address so pods reach it. ``SLM_REAL_NODE=0``
+starts the kwok nodes alone.
 
 Needs only the standard library and PyYAML (for node files). The test fixtures
 import it (``tests/k8s/conftest.py``).
@@ -34,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import realnode
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STATE_DIR = REPO_ROOT / ".cluster"
 DEFAULT_NODES_FILE = REPO_ROOT / "hack" / "nodes" / "default.yaml"
@@ -41,8 +48,10 @@ PROJECT_STAGES_FILE = REPO_ROOT / "hack" / "kwok" / "slm-stages.yaml"
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-k8s-bins.sh"
 CONTEXT_NAME = "slm-local"
 STORAGE_CLASS = "standard"
-# Components in start order; stopped in reverse.
+# Components in start order; stopped in reverse (the real node's, when there is one, first).
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+# The uid the runtime and fetch images run as; pool volumes must be writable by it.
+RUNTIME_UID = 65532
 
 
 def log(message: str) -> None:
@@ -92,6 +101,13 @@ class LocalCluster:
     kubeconfig: Path
     server: str
     pids: dict[str, int] = field(default_factory=dict)
+    # The real node's processes (containerd, kubelet, kube-proxy); empty without one.
+    real_node_pids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def real_node(self) -> str | None:
+        """The name of the real node, or None when this cluster has only kwok nodes."""
+        return realnode.NODE_NAME if self.real_node_pids else None
 
     # --- kubectl -----------------------------------------------------------------
     def kubectl(
@@ -115,6 +131,17 @@ class LocalCluster:
     def apply(self, manifests: str | Sequence[dict[str, Any]], *extra: str) -> None:
         text = manifests if isinstance(manifests, str) else "\n---\n".join(json.dumps(m) for m in manifests)
         self.kubectl("apply", "-f", "-", *extra, input=text)
+
+    def wait_default_service_account(self, namespace: str, timeout: float = 60) -> None:
+        """Pods are admitted (ServiceAccount admission) once the namespace's default account exists."""
+        deadline = time.monotonic() + timeout
+        while self.kubectl("get", "serviceaccount", "default", "-n", namespace, check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"the default ServiceAccount of {namespace} never appeared "
+                    "(is kube-controller-manager running?)"
+                )
+            time.sleep(0.2)
 
     # --- fake nodes ----------------------------------------------------------------
     def add_nodes(self, nodes: Sequence[dict[str, Any]]) -> None:
@@ -159,6 +186,9 @@ class LocalCluster:
             elif phase in ("Available", "Pending", None):
                 counts[kind] = counts.get(kind, 0) + 1
         for name in recycled:
+            pv = next(p for p in pvs if p["metadata"]["name"] == name)
+            # A provisioner would hand out a fresh volume: empty the folder for the next claim.
+            fresh_volume_dir(Path(pv["spec"]["hostPath"]["path"]))
             self.kubectl(
                 "patch",
                 "pv",
@@ -189,9 +219,18 @@ def pool_kind(mode: str, size: str) -> str:
     return f"{'rwo' if mode == 'ReadWriteOnce' else 'rwx'}-{size.lower()}"
 
 
+def fresh_volume_dir(path: Path) -> None:
+    """An empty folder that the runtime's uid can write (fsGroup does not apply to hostPath)."""
+    if path.exists():
+        subprocess.run(["rm", "-rf", str(path)], check=True)
+    path.mkdir(parents=True)
+    path.chmod(0o777)
+
+
 def persistent_volume(mode: str, size: str, state_dir: Path) -> dict[str, Any]:
     kind = pool_kind(mode, size)
     suffix = os.urandom(4).hex()
+    fresh_volume_dir(state_dir / "volumes" / f"{kind}-{suffix}")
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolume",
@@ -288,31 +327,43 @@ def make_pki(pki: Path) -> None:
     (pki / "server.ext").write_text(
         "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
         "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-        "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.0.0.1\n"
+        "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.0.0.1,"
+        f"IP:{realnode.NODE_IP}\n"
     )
     (pki / "client.ext").write_text(
         "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n"
     )
-    for name, subject, ext in (
-        ("apiserver", "/CN=kube-apiserver", "server.ext"),
-        ("admin", "/O=system:masters/CN=slm-local-admin", "client.ext"),
-    ):
-        run(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            subject,
-            "-keyout",
-            f"{name}.key",
-            "-out",
-            f"{name}.csr",
-        )
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "3650", "-extfile", ext, "-out", f"{name}.crt")  # fmt: skip
+    sign_cert(pki, "apiserver", "/CN=kube-apiserver", "server.ext")
+    sign_client_cert(pki, "admin", "/O=system:masters/CN=slm-local-admin")
     run("genrsa", "-out", "sa.key", "2048")
     run("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub")
+
+
+def sign_cert(pki: Path, name: str, subject: str, ext: str) -> None:
+    """``name``.key and ``name``.crt, signed by the local CA."""
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=pki, check=True, capture_output=True)
+
+    run(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        subject,
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+    )
+    run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "3650", "-extfile", ext, "-out", f"{name}.crt")  # fmt: skip
+
+
+def sign_client_cert(pki: Path, name: str, subject: str) -> None:
+    """A client certificate: O= groups, CN= user name (the x509 authenticator's mapping)."""
+    sign_cert(pki, name, subject, "client.ext")
 
 
 AUDIT_POLICY = {
@@ -376,7 +427,7 @@ def token_kubeconfig(cluster: LocalCluster, path: Path, token: str, namespace: s
     return path
 
 
-def write_kubeconfig(path: Path, server: str, pki: Path) -> None:
+def write_kubeconfig(path: Path, server: str, pki: Path, user: str = "admin") -> None:
     # JSON is valid YAML, and kubeconfig loaders accept it.
     config = {
         "apiVersion": "v1",
@@ -390,7 +441,10 @@ def write_kubeconfig(path: Path, server: str, pki: Path) -> None:
         "users": [
             {
                 "name": "slm-local-admin",
-                "user": {"client-certificate": str(pki / "admin.crt"), "client-key": str(pki / "admin.key")},
+                "user": {
+                    "client-certificate": str(pki / f"{user}.crt"),
+                    "client-key": str(pki / f"{user}.key"),
+                },
             }
         ],
         "contexts": [
@@ -453,6 +507,17 @@ def wait_http_ok(
     )
 
 
+def http_status(url: str, context: ssl.SSLContext | None = None) -> int:
+    """The HTTP status of a GET, or 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=5, context=context) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
 def tail(state_dir: Path, name: str, lines: int = 25) -> str:
     path = state_dir / "logs" / f"{name}.log"
     if not path.exists():
@@ -475,10 +540,24 @@ def insecure_ssl_context() -> ssl.SSLContext:
     return context
 
 
-def up(state_dir: Path, nodes_file: Path, bin_dir: Path | None = None) -> LocalCluster:
+def want_real_node() -> bool:
+    """SLM_REAL_NODE=1/0 decides; otherwise a real node wherever one can run, and always in CI."""
+    value = os.environ.get("SLM_REAL_NODE", "").strip().lower()
+    if value in ("1", "true", "on", "yes"):
+        return True
+    if value in ("0", "false", "off", "no"):
+        return False
+    return os.environ.get("CI") == "true" or realnode.unavailable_reason() is None
+
+
+def up(
+    state_dir: Path, nodes_file: Path, bin_dir: Path | None = None, real_node: bool | None = None
+) -> LocalCluster:
     """Start every component, register nodes and storage; return a handle."""
     started = time.monotonic()
     state_dir = state_dir.resolve()
+    if real_node is None:
+        real_node = want_real_node()
     if (state_dir / "cluster.json").exists():
         existing = load(state_dir)
         if existing is not None and all(pid_alive(pid) for pid in existing.pids.values()):
@@ -486,11 +565,26 @@ def up(state_dir: Path, nodes_file: Path, bin_dir: Path | None = None) -> LocalC
             return existing
         log("found a stale state folder; stopping what is left of it")
         down(state_dir)
+    if real_node:
+        reason = realnode.unavailable_reason()
+        if reason:
+            raise ClusterError(f"{reason}; set SLM_REAL_NODE=0 for kwok nodes only")
+        try:
+            realnode.ensure_host_tools()
+        except realnode.RealNodeError as error:
+            raise ClusterError(str(error)) from error
     bin_dir = bin_dir or ensure_binaries()
     state_dir.mkdir(parents=True, exist_ok=True)
     pki = state_dir / "pki"
     ports = Ports.pick()
-    server = f"https://127.0.0.1:{ports.apiserver}"
+    host = "127.0.0.1"
+    if real_node:
+        try:
+            host = realnode.prepare_network(state_dir)
+        except realnode.RealNodeError as error:
+            realnode.stop(state_dir, {}, None)
+            raise ClusterError(str(error)) from error
+    server = f"https://{host}:{ports.apiserver}"
     kubeconfig = state_dir / "kubeconfig"
     cluster = LocalCluster(state_dir=state_dir, bin_dir=bin_dir, kubeconfig=kubeconfig, server=server)
     try:
@@ -516,9 +610,11 @@ def up(state_dir: Path, nodes_file: Path, bin_dir: Path | None = None) -> LocalC
         log(f"starting kube-apiserver on {server}")
         cluster.pids["kube-apiserver"] = start_process("kube-apiserver", [
             str(bin_dir / "kube-apiserver"), f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={ports.apiserver}",
-            # A loopback address in the `kubernetes` Endpoints would be rejected.
-            "--endpoint-reconciler-type=none",
+            f"--bind-address={host}", f"--advertise-address={host}", f"--secure-port={ports.apiserver}",
+            # A loopback address in the `kubernetes` Endpoints would be rejected; the bridge
+            # address is what pods (the operator's) reach the apiserver on.
+            f"--endpoint-reconciler-type={'lease' if real_node else 'none'}",
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -528,10 +624,11 @@ def up(state_dir: Path, nodes_file: Path, bin_dir: Path | None = None) -> LocalC
             "--authorization-mode=Node,RBAC",
             # PodSecurity is among the default admission plugins; ServiceAccount is off
             # (as in envtest) to avoid "serviceaccount default not found" races.
-            "--enable-admission-plugins=NamespaceLifecycle,LimitRanger,PodSecurity,DefaultStorageClass,"
-            "StorageObjectInUseProtection,ResourceQuota,TaintNodesByCondition,Priority,"
+            # ServiceAccount admission mounts tokens into pods (the operator's pod needs one);
+            # the `namespace` fixture waits for each new namespace's default ServiceAccount.
+            "--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,PodSecurity,"
+            "DefaultStorageClass,StorageObjectInUseProtection,ResourceQuota,TaintNodesByCondition,Priority,"
             "DefaultTolerationSeconds,ValidatingAdmissionPolicy,MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
-            "--disable-admission-plugins=ServiceAccount",
             "--allow-privileged=true", "--profiling=false", "--v=1",
             # Requests made as a ServiceAccount are audited (metadata only), so tests can
             # check which permissions a component really uses.
@@ -566,7 +663,9 @@ def up(state_dir: Path, nodes_file: Path, bin_dir: Path | None = None) -> LocalC
         cluster.pids["kwok"] = start_process("kwok", [
             str(bin_dir / "kwok"), f"--kubeconfig={kubeconfig}",
             f"--config={bin_dir / 'kwok-stages.yaml'}", f"--config={PROJECT_STAGES_FILE}",
-            "--manage-all-nodes=true", "--node-lease-duration-seconds=40", "--cidr=10.244.0.0/16",
+            # Only the fake nodes: the real node has a kubelet of its own.
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            "--node-lease-duration-seconds=40", f"--cidr={realnode.FAKE_POD_CIDR}",
             f"--server-address=127.0.0.1:{ports.kwok}",
         ], state_dir)  # fmt: skip
         save(cluster, ports)
@@ -584,22 +683,29 @@ def up(state_dir: Path, nodes_file: Path, bin_dir: Path | None = None) -> LocalC
         cluster.add_nodes(nodes)
         cluster.wait_nodes_ready([n["metadata"]["name"] for n in nodes])
         wait_default_service_account(cluster)
-    except BaseException:
+        if real_node:
+            node_started = time.monotonic()
+            cluster.real_node_pids = realnode.start(cluster)
+            save(cluster, ports)
+            cluster.wait_nodes_ready([realnode.NODE_NAME], timeout=120)
+            log(f"real node {realnode.NODE_NAME} Ready in {time.monotonic() - node_started:.1f}s")
+    except BaseException as error:
         log(f"start-up failed; logs are in {state_dir / 'logs'}; stopping what was started")
+        if real_node:
+            realnode.stop(state_dir, cluster.real_node_pids, bin_dir)
         stop_processes(cluster.pids)
+        if isinstance(error, realnode.RealNodeError):
+            raise ClusterError(str(error)) from error
         raise
-    log(f"control plane up in {time.monotonic() - started:.1f}s: {len(nodes)} nodes, state in {state_dir}")
+    extra = f" + real node {realnode.NODE_NAME}" if real_node else ""
+    log(
+        f"control plane up in {time.monotonic() - started:.1f}s: {len(nodes)} kwok nodes{extra}, state in {state_dir}"
+    )
     return cluster
 
 
 def wait_default_service_account(cluster: LocalCluster, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while cluster.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode != 0:
-        if time.monotonic() > deadline:
-            raise ClusterError(
-                "the default ServiceAccount never appeared (is kube-controller-manager running?)"
-            )
-        time.sleep(0.5)
+    cluster.wait_default_service_account("default", timeout)
 
 
 def save(cluster: LocalCluster, ports: Ports) -> None:
@@ -608,6 +714,7 @@ def save(cluster: LocalCluster, ports: Ports) -> None:
         "kubeconfig": str(cluster.kubeconfig),
         "server": cluster.server,
         "pids": cluster.pids,
+        "real_node_pids": cluster.real_node_pids,
         "ports": ports.__dict__,
     }
     (cluster.state_dir / "cluster.json").write_text(json.dumps(data, indent=2))
@@ -624,6 +731,7 @@ def load(state_dir: Path) -> LocalCluster | None:
         kubeconfig=Path(data["kubeconfig"]),
         server=data["server"],
         pids={k: int(v) for k, v in data["pids"].items()},
+        real_node_pids={k: int(v) for k, v in data.get("real_node_pids", {}).items()},
     )
 
 
@@ -654,6 +762,11 @@ def down(state_dir: Path) -> None:
         pids = {p.stem: int(p.read_text()) for p in pid_files}
     else:
         pids = cluster.pids
+    if (state_dir / "host-before.json").exists():
+        log("stopping the real node and undoing its changes to this machine")
+        realnode.stop(
+            state_dir, cluster.real_node_pids if cluster else {}, cluster.bin_dir if cluster else None
+        )
     if pids:
         log(f"stopping {', '.join(name for name in reversed(COMPONENTS) if name in pids)}")
         stop_processes(pids)
@@ -685,12 +798,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--state-dir", type=Path, default=Path(os.environ.get("SLM_CLUSTER_DIR", DEFAULT_STATE_DIR))
     )
     parser.add_argument("--nodes", type=Path, default=DEFAULT_NODES_FILE, help="multi-document YAML of Nodes")
+    parser.add_argument(
+        "--real-node",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also start a real node (default: where it can run; SLM_REAL_NODE=0/1 decides too)",
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "bins":
             print(ensure_binaries())
         elif args.command == "up":
-            cluster = up(args.state_dir, args.nodes)
+            cluster = up(args.state_dir, args.nodes, real_node=args.real_node)
             print(f"KUBECONFIG={cluster.kubeconfig}")
         elif args.command == "down":
             down(args.state_dir)
@@ -699,7 +818,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if cluster is None:
                 print("not running")
                 return 1
-            for name, pid in cluster.pids.items():
+            for name, pid in {**cluster.pids, **cluster.real_node_pids}.items():
                 print(f"{name:26} pid {pid:<8} {'running' if pid_alive(pid) else 'STOPPED'}")
             print(f"KUBECONFIG={cluster.kubeconfig}")
     except ClusterError as error:

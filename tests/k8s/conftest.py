@@ -96,6 +96,7 @@ def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator
     base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].rstrip("-")
     name = f"{base}-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", name)
+    cluster.wait_default_service_account(name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
@@ -278,3 +279,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
     setattr(item, f"rep_{report.when}", report)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start a cluster of their own (OWN_CLUSTER = True in their module) run first,
+    before the shared one starts: there is one real node per machine."""
+    first = [item for item in items if getattr(getattr(item, "module", None), "OWN_CLUSTER", False)]
+    items[:] = first + [item for item in items if item not in first]

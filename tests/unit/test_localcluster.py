@@ -65,7 +65,11 @@ def test_pool_volume_shape(tmp_path: Path) -> None:
     assert pv["metadata"]["labels"] == {"slm.dev/pool": "rwx-20gi"}
     assert pv["spec"]["accessModes"] == ["ReadWriteMany"]
     assert pv["spec"]["storageClassName"] == localcluster.STORAGE_CLASS
-    assert pv["spec"]["hostPath"]["path"].startswith(str(tmp_path))
+    folder = Path(pv["spec"]["hostPath"]["path"])
+    assert str(folder).startswith(str(tmp_path))
+    # fsGroup does not apply to hostPath: the folder itself must let the runtime's uid write.
+    assert folder.is_dir()
+    assert folder.stat().st_mode & 0o777 == 0o777
 
 
 def test_build_script_uses_given_binaries_without_building(tmp_path: Path) -> None:
@@ -75,6 +79,8 @@ def test_build_script_uses_given_binaries_without_building(tmp_path: Path) -> No
         "kube-controller-manager",
         "kube-scheduler",
         "kubectl",
+        "kubelet",
+        "kube-proxy",
         "kwok",
         "helm",
     ):
