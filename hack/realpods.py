@@ -46,7 +46,11 @@ def smollm2_dir() -> Path:
 
 
 def seed_claim_manifests(namespace: str, folder: Path, claim: str = SEED_CLAIM) -> list[dict[str, Any]]:
-    """A read-only PV on ``folder`` (on the real node) bound to a claim in ``namespace``."""
+    """A read-only PV on ``folder`` bound to a claim in ``namespace``.
+
+    The folder is on this machine, which is the real node; kwok's nodes only pretend to
+    mount it, so the same claim serves the hardware story on the fake nodes.
+    """
     pv_name = f"seed-{namespace}"[:63]
     return [
         {
@@ -60,21 +64,6 @@ def seed_claim_manifests(namespace: str, folder: Path, claim: str = SEED_CLAIM) 
                 "storageClassName": "",
                 "claimRef": {"namespace": namespace, "name": claim},
                 "hostPath": {"path": str(folder), "type": "Directory"},
-                "nodeAffinity": {
-                    "required": {
-                        "nodeSelectorTerms": [
-                            {
-                                "matchExpressions": [
-                                    {
-                                        "key": "kubernetes.io/hostname",
-                                        "operator": "In",
-                                        "values": [realnode.NODE_NAME],
-                                    }
-                                ]
-                            }
-                        ]
-                    }
-                },
             },
         },
         {
