@@ -159,7 +159,10 @@ def test_sigterm_fails_readiness_keeps_serving_for_the_drain_delay_then_exits(ti
         "SLM_DRAIN_DELAY_SECONDS": "3",
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "slm_runtime", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [sys.executable, "-m", "slm_runtime", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
     try:
