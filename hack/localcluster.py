@@ -582,7 +582,7 @@ def up(
         try:
             host = realnode.prepare_network(state_dir)
         except realnode.RealNodeError as error:
-            realnode.stop(state_dir, {}, None)
+            realnode.restore_host(state_dir)
             raise ClusterError(str(error)) from error
     server = f"https://{host}:{ports.apiserver}"
     kubeconfig = state_dir / "kubeconfig"
@@ -694,6 +694,8 @@ def up(
         if real_node:
             realnode.stop(state_dir, cluster.real_node_pids, bin_dir)
         stop_processes(cluster.pids)
+        if real_node:
+            realnode.restore_host(state_dir)
         if isinstance(error, realnode.RealNodeError):
             raise ClusterError(str(error)) from error
         raise
@@ -762,14 +764,18 @@ def down(state_dir: Path) -> None:
         pids = {p.stem: int(p.read_text()) for p in pid_files}
     else:
         pids = cluster.pids
-    if (state_dir / "host-before.json").exists():
-        log("stopping the real node and undoing its changes to this machine")
+    real_node = (state_dir / "host-before.json").exists()
+    if real_node:
+        log("stopping the real node: kube-proxy, kubelet, its containers, containerd")
         realnode.stop(
             state_dir, cluster.real_node_pids if cluster else {}, cluster.bin_dir if cluster else None
         )
     if pids:
         log(f"stopping {', '.join(name for name in reversed(COMPONENTS) if name in pids)}")
         stop_processes(pids)
+    if real_node:
+        log("undoing the real node's changes to this machine")
+        realnode.restore_host(state_dir)
     if state_dir.exists():
         # Only a folder this script made: never remove anything else by mistake.
         if not ((state_dir / "cluster.json").exists() or (state_dir / "pki").exists() or pids):

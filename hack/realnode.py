@@ -447,8 +447,8 @@ def _shim_pids(state: Path) -> list[int]:
     return found
 
 
-def stop(cluster_state: Path, pids: dict[str, int], bin_dir: Path | None) -> list[str]:
-    """Stop the node's processes and undo every side effect; returns what is left over."""
+def stop(cluster_state: Path, pids: dict[str, int], bin_dir: Path | None) -> None:
+    """Stop kube-proxy, kubelet, every container and containerd (the host state stays: see restore_host)."""
     state = node_state(cluster_state)
     if "kube-proxy" in pids:
         _stop_pid(pids["kube-proxy"])
@@ -467,6 +467,13 @@ def stop(cluster_state: Path, pids: dict[str, int], bin_dir: Path | None) -> lis
     for pid in _shim_pids(state):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def restore_host(cluster_state: Path) -> list[str]:
+    """Undo every side effect recorded before the node started; returns what is left over.
+
+    Runs after the control plane stopped: the apiserver listens on the bridge this removes.
+    """
     left: list[str] = []
     before = hoststate.load(cluster_state / "host-before.json")
     if before is not None:
