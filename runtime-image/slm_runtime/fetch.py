@@ -4,12 +4,18 @@ Downloads resume with Range after a cut, retry with backoff, check free space fi
 sha256 (given, or the digest the source publishes); the file appears under its final name only
 complete and verified (atomic rename). An fcntl lock per file makes concurrent fetchers wait for
 each other instead of writing the same bytes. `.slm-fetch.json` in dest records the outcome.
+
+A file already in dest is trusted only after its bytes hash to what was recorded (or to the
+expected digest); a resumed partial download that fails its digest is fetched once more from the
+start rather than spliced. A destination the process cannot write ends in one line naming the
+path, the uid/gid, the likely cause and the fix (prefix `CacheNotWritable:`).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -17,9 +23,10 @@ import logging
 import os
 import re
 import shutil
+import stat
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -28,9 +35,18 @@ from urllib.parse import quote, unquote, urlparse
 import httpx
 
 from slm_runtime.gguf_header import quantization_of
+from slm_runtime.integrity import (
+    CACHE_NOT_WRITABLE,
+    RESULT_FILE,
+    manifest_digest,
+    read_record,
+    report_termination,
+    sha256_file,
+)
 from slm_runtime.settings import FetchSettings
 
-RESULT_FILE = ".slm-fetch.json"
+log = logging.getLogger(__name__)
+LOCK_FILE = ".slm-fetch.lock"
 _CHUNK = 1 << 20
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # Free space kept beyond the file itself (filesystem metadata, the result file, a quantized copy's start).
@@ -40,6 +56,72 @@ QUANTIZE_TYPES = {"q8_0": 7, "q4_k_m": 15, "q4_0": 2, "q5_k_m": 17, "q6_k": 18, 
 
 class FetchError(Exception):
     """A failure with a message for the operator's status; the fetch exits non-zero."""
+
+    prefix = "error"  # of the termination message; the operator maps known prefixes to reasons
+
+    def line(self) -> str:
+        return f"{self.prefix}: {self}"
+
+
+class CacheNotWritableError(FetchError):
+    """The cache volume (or a file in it) cannot be written by this process."""
+
+    prefix = CACHE_NOT_WRITABLE
+
+
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if os.path.lexists(candidate):
+            return candidate
+    return Path("/")
+
+
+def cache_not_writable(path: Path, error_number: int) -> CacheNotWritableError:
+    """The one-line diagnosis of an unwritable destination: who we are, what is in the way, the fix."""
+    uid, gid = os.getuid(), os.getgid()
+    where = f"cache volume not writable: {path} (uid {uid}, gid {gid})"
+    if error_number == errno.EROFS:
+        return CacheNotWritableError(
+            f"{where}: the volume is mounted read-only; the fetch Job needs the cache claim read-write "
+            "(a read-write PersistentVolume and mount)"
+        )
+    blocker = _nearest_existing(path)
+    try:
+        info = blocker.lstat()
+        owned = (
+            f"{blocker} is owned by {info.st_uid}:{info.st_gid} with mode {stat.S_IMODE(info.st_mode):04o}"
+        )
+    except OSError:
+        owned = f"{blocker} cannot be inspected"
+    return CacheNotWritableError(
+        f"{where}: {owned} and the volume does not apply fsGroup (hostPath and some CSI drivers); "
+        f"make it writable for uid {uid} (chown {uid}:{gid} or chmod on the node, "
+        "or a StorageClass whose driver honours fsGroup)"
+    )
+
+
+def _in_cache(filename: object, dest: Path) -> Path | None:
+    """`filename` (from an OSError) as a Path when it is dest, inside it, or a folder above it."""
+    if not isinstance(filename, str | bytes | os.PathLike):
+        return None
+    path = Path(os.path.abspath(os.fsdecode(filename)))
+    root = Path(os.path.abspath(dest))
+    if path == root or root in path.parents or path in root.parents:
+        return path
+    return None
+
+
+def _as_cache_error(exc: OSError, dest: Path) -> CacheNotWritableError | None:
+    if exc.errno not in _NOT_WRITABLE:
+        return None
+    for filename in (exc.filename, exc.filename2):
+        path = _in_cache(filename, dest)
+        if path is not None:
+            return cache_not_writable(path, exc.errno)
+    return None
 
 
 class _RetryableError(Exception):
@@ -304,14 +386,6 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _published_digest(response: httpx.Response) -> str | None:
     """sha256 the server publishes: HF's X-Linked-ETag (LFS), a 64-hex ETag, or Repr-Digest/Digest."""
     for candidate in [*response.history, response]:
@@ -480,7 +554,20 @@ def _transfer(
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(f".{target.name}.part")
     if source.kind == "http":
+        resumed = part.is_file() and part.stat().st_size > 0
         actual, published = _download(settings, source, part, progress)
+        want = expected or source.sha256 or published
+        if want and actual != want and resumed:
+            # The bytes kept from an earlier attempt may be what is wrong: never splice them.
+            log.warning(
+                "fetch: %s resumed from a partial download has sha256 %s, not %s; downloading it again "
+                "from the start",
+                source.display,
+                actual,
+                want,
+            )
+            part.unlink()
+            actual, published = _download(settings, source, part, progress)
     else:
         actual, published = _copy(source, part, progress), None
     want = expected or source.sha256 or published
@@ -509,12 +596,18 @@ def fetch(settings: FetchSettings) -> dict[str, Any]:
     if settings.sha256 and not _HEX64.match(settings.sha256):
         raise FetchError(f"sha256 must be 64 hex characters, got {settings.sha256!r}")
     dest = settings.dest
-    dest.mkdir(parents=True, exist_ok=True)
-    with file_lock(dest / ".slm-fetch.lock"):
-        plan = plan_fetch(settings)
-        if plan.folder:
-            return _fetch_folder(settings, plan)
-        return _fetch_file(settings, plan.files[0], plan.display)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        with file_lock(dest / LOCK_FILE):
+            plan = plan_fetch(settings)
+            if plan.folder:
+                return _fetch_folder(settings, plan)
+            return _fetch_file(settings, plan.files[0], plan.display)
+    except OSError as exc:
+        cache_error = _as_cache_error(exc, dest)
+        if cache_error is not None:
+            raise cache_error from exc
+        raise
 
 
 def _fetch_file(settings: FetchSettings, source: Source, display: str) -> dict[str, Any]:
@@ -529,23 +622,23 @@ def _fetch_file(settings: FetchSettings, source: Source, display: str) -> dict[s
     if record is not None:
         print(f"fetch: {served} already cached and verified", file=sys.stderr)
         return record
+    if settings.sha256 and not settings.quantize and final.is_file():
+        # A file with no usable record (seeded by hand, or the record lost): its digest decides.
+        actual = sha256_file(final)
+        if actual == settings.sha256:
+            print(f"fetch: {final} already present and matches sha256 {actual}", file=sys.stderr)
+            return _file_record(final, display, actual, verified=True)
+        log.warning(
+            "fetch: %s is present but its sha256 %s is not %s; fetching it again",
+            final,
+            actual,
+            settings.sha256,
+        )
+        final.unlink()
     progress = Progress(dest, display)
     actual, verified = _transfer(settings, source, final, progress, settings.sha256 or None)
     _fsync_dir(dest)
-    size = final.stat().st_size
-    record = {
-        "phase": "Ready",
-        "source": display,
-        "file": final.name,
-        "path": str(final),
-        "sha256": actual,
-        "verified": verified,
-        "sizeBytes": size,
-        "bytesDownloaded": size,
-        "totalBytes": size,
-    }
-    if final.suffix == ".gguf":
-        record["quantization"] = quantization_of(final)
+    record = _file_record(final, display, actual, verified=verified, write=False)
     if settings.quantize:
         print(f"fetch: quantizing {final.name} to {settings.quantize}", file=sys.stderr)
         quantize_gguf(final, served, settings.quantize)
@@ -558,6 +651,28 @@ def _fetch_file(settings: FetchSettings, source: Source, display: str) -> dict[s
             "quantization": settings.quantize,
         }
     write_result(dest, record)
+    return record
+
+
+def _file_record(
+    final: Path, display: str, actual: str, *, verified: bool, write: bool = True
+) -> dict[str, Any]:
+    size = final.stat().st_size
+    record: dict[str, Any] = {
+        "phase": "Ready",
+        "source": display,
+        "file": final.name,
+        "path": str(final),
+        "sha256": actual,
+        "verified": verified,
+        "sizeBytes": size,
+        "bytesDownloaded": size,
+        "totalBytes": size,
+    }
+    if final.suffix == ".gguf":
+        record["quantization"] = quantization_of(final)
+    if write:
+        write_result(final.parent, record)
     return record
 
 
@@ -584,7 +699,7 @@ def _fetch_folder(settings: FetchSettings, plan: FetchPlan) -> dict[str, Any]:
         if not verified:
             unverified.append(source.filename)
     _fsync_dir(dest)
-    manifest = hashlib.sha256("".join(f"{f['sha256']}  {f['path']}\n" for f in files).encode()).hexdigest()
+    manifest = manifest_digest(files)
     if settings.sha256 and settings.sha256 != manifest:
         raise FetchError(
             f"sha256 mismatch for {plan.display}: expected {settings.sha256}, manifest is {manifest}"
@@ -607,31 +722,50 @@ def _fetch_folder(settings: FetchSettings, plan: FetchPlan) -> dict[str, Any]:
 
 
 def _existing_record(dest: Path, served: Path, settings: FetchSettings) -> dict[str, Any] | None:
-    """The previous result when it matches this request and its files are still there, whole."""
-    result = dest / RESULT_FILE
-    if not (result.is_file() and served.exists()):
+    """The previous result when it matches this request and its files still hash to what it records.
+
+    A file that changed since (size or sha256) is logged, removed and fetched again.
+    """
+    if not served.exists():
         return None
-    try:
-        record = json.loads(result.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get("phase") != "Ready" or record.get("path") != str(served):
+    record = read_record(dest)
+    if record is None or record.get("phase") != "Ready" or record.get("path") != str(served):
         return None
     if record.get("source") != settings.source.strip():
-        return None
-    if isinstance(record.get("files"), list):
-        for entry in record["files"]:
-            path = dest / str(entry.get("path", ""))
-            if not path.is_file() or path.stat().st_size != entry.get("sizeBytes"):
-                return None
-    elif record.get("sizeBytes") != served.stat().st_size:
         return None
     source_digest = record.get("sourceSha256") or record.get("sha256")
     if settings.sha256 and settings.sha256 != source_digest:
         return None
-    if (settings.quantize or None) != record.get("quantization"):
-        return None
+    if settings.quantize:
+        if record.get("quantization") != settings.quantize:
+            return None
+    elif record.get("sourceSha256"):
+        return None  # a requantized copy, not the file itself
+    entries = (
+        [(dest / str(e.get("path", "")), e) for e in record["files"] if isinstance(e, dict)]
+        if isinstance(record.get("files"), list)
+        else [(served, record)]
+    )
+    for path, entry in entries:
+        problem = _changed(path, entry)
+        if problem:
+            log.warning("fetch: %s changed since it was fetched (%s); fetching it again", path, problem)
+            path.unlink(missing_ok=True)
+            return None
     return record
+
+
+def _changed(path: Path, entry: Mapping[str, Any]) -> str:
+    """How a cached file differs from its record ("" when it matches in size and sha256)."""
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    if size != entry.get("sizeBytes"):
+        return f"{size} bytes, recorded {entry.get('sizeBytes')}"
+    actual = sha256_file(path)
+    if actual != entry.get("sha256"):
+        return f"sha256 {actual}, recorded {entry.get('sha256')}"
+    return ""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -642,24 +776,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _report_termination(settings: FetchSettings, message: str) -> None:
-    """The container's termination message: the operator reads the outcome from the Pod."""
-    path = settings.termination_log
-    if path.is_file():  # the kubelet creates it in a container; elsewhere there is nothing to do
-        with contextlib.suppress(OSError):
-            path.write_text(message[-4000:])  # the kubelet keeps at most 4096 bytes
-
-
 def run(settings: FetchSettings, out: IO[str] = sys.stdout) -> int:
+    """Fetch; the outcome (the result record, or one error line) is also the termination message."""
     try:
         record = fetch(settings)
     except (FetchError, OSError) as exc:
-        print(f"fetch failed: {exc}", file=sys.stderr)
+        error = exc if isinstance(exc, FetchError) else FetchError(str(exc))
+        line = error.line()
+        # A known failure's line is the last thing logged too, for FallbackToLogsOnError.
+        print(line if type(error) is not FetchError else f"fetch failed: {error}", file=sys.stderr)
         with contextlib.suppress(OSError):
             settings.dest.mkdir(parents=True, exist_ok=True)
-            write_result(settings.dest, {"phase": "Failed", "source": settings.source, "error": str(exc)})
-        _report_termination(settings, f"error: {exc}")
+            write_result(settings.dest, {"phase": "Failed", "source": settings.source, "error": line})
+        report_termination(settings.termination_log, line)
         return 1
     print(json.dumps(record), file=out)
-    _report_termination(settings, json.dumps(record, separators=(",", ":")))
+    report_termination(settings.termination_log, json.dumps(record, separators=(",", ":")))
     return 0

@@ -461,3 +461,222 @@ def test_outcome_is_the_termination_message(origin: tuple[str, ServerState], tmp
     )
     assert failed == 1
     assert log.read_text().startswith("error: ") and "sha256" in log.read_text()
+
+
+# --- a cache that cannot be written, and cached files that changed -------------------------------
+
+OTHER_UID = 65532  # the images' non-root user; as root, the fetch runs as it (in a forked child)
+
+
+def _as_unprivileged(settings: FetchSettings) -> tuple[int, int, int]:
+    """run() as a user the test's files deny: (exit code, uid, gid) it ran as."""
+    if os.geteuid() != 0:
+        return run(settings, io.StringIO()), os.getuid(), os.getgid()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to the images' user, fetch, report only the exit code
+        code = 99
+        try:
+            os.setgroups([])
+            os.setgid(OTHER_UID)
+            os.setuid(OTHER_UID)
+            code = run(settings, io.StringIO())
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), OTHER_UID, OTHER_UID
+
+
+@pytest.fixture
+def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A folder the unprivileged user can reach (pytest's own are private to root)."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="slm-fetch-"))
+    folder.chmod(0o755)
+    yield folder
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_dir():
+            path.chmod(0o755)
+    shutil.rmtree(folder)
+
+
+def _not_writable_line(path: Path, blocker: Path, uid: int, gid: int) -> str:
+    info = blocker.lstat()
+    return (
+        f"CacheNotWritable: cache volume not writable: {path} (uid {uid}, gid {gid}): {blocker} is owned by "
+        f"{info.st_uid}:{info.st_gid} with mode {info.st_mode & 0o7777:04o} and the volume does not apply "
+        f"fsGroup (hostPath and some CSI drivers); make it writable for uid {uid} (chown {uid}:{gid} or chmod "
+        "on the node, or a StorageClass whose driver honours fsGroup)"
+    )
+
+
+@pytest.mark.parametrize("blocked", ["cache mount", "lock file", "partial download"])
+def test_unwritable_destination_is_one_line_with_the_cause_and_the_fix(
+    origin: tuple[str, ServerState], shared_dir: Path, blocked: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    url, state = origin
+    mount = shared_dir / "models"
+    dest = mount / "model-1a2b3c4d"
+    dest.mkdir(parents=True)
+    dest.chmod(0o777)
+    log = shared_dir / "termination-log"
+    log.touch()
+    log.chmod(0o666)
+    if blocked == "cache mount":
+        dest.rmdir()
+        mount.chmod(0o555)  # like a root:root 0755 hostPath folder for anyone but its owner
+        path, blocker = dest, mount
+    elif blocked == "lock file":
+        path = blocker = dest / ".slm-fetch.lock"
+        path.touch()
+        path.chmod(0o444)
+    else:
+        path = blocker = dest / ".model.bin.part"
+        path.write_bytes(PAYLOAD[:1000])
+        path.chmod(0o444)
+    capfd.readouterr()
+    code, uid, gid = _as_unprivileged(_settings(dest, url + "/model.bin", termination_log=log))
+    stderr = capfd.readouterr().err
+    expected = _not_writable_line(path, blocker, uid, gid)
+    assert code == 1
+    assert log.read_text() == expected
+    assert stderr.strip().splitlines()[-1] == expected
+    assert "Traceback" not in stderr and "Errno" not in log.read_text()
+    assert [r for _, r in state.requests] == (["bytes=1000-"] if blocked == "partial download" else [])
+    assert not (dest / "model.bin").exists()
+
+
+def test_read_only_cache_volume(
+    origin: tuple[str, ServerState], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    url, _ = origin
+    dest = tmp_path / "models" / "m"
+
+    def read_only(self: Path, *args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    log = tmp_path / "termination-log"
+    log.touch()
+    assert run(_settings(dest, url + "/model.bin", termination_log=log), io.StringIO()) == 1
+    assert log.read_text() == (
+        f"CacheNotWritable: cache volume not writable: {dest} (uid {os.getuid()}, gid {os.getgid()}): the "
+        "volume is mounted read-only; the fetch Job needs the cache claim read-write (a read-write "
+        "PersistentVolume and mount)"
+    )
+
+
+def test_a_permission_error_outside_the_cache_stays_a_plain_error(tmp_path: Path) -> None:
+    import errno
+
+    from slm_runtime.fetch import _as_cache_error
+
+    dest = tmp_path / "models" / "m"
+    source = OSError(errno.EACCES, "Permission denied", "/mnt/pvc/seed/model.gguf")
+    assert _as_cache_error(source, dest) is None
+    assert _as_cache_error(OSError(errno.ENOSPC, "No space left", str(dest / "x")), dest) is None
+    above = _as_cache_error(OSError(errno.EACCES, "Permission denied", str(tmp_path / "models")), dest)
+    assert above is not None and str(above).startswith(f"cache volume not writable: {tmp_path / 'models'} ")
+
+
+def _corrupt(path: Path) -> str:
+    with path.open("r+b") as handle:
+        handle.seek(path.stat().st_size // 2)
+        handle.write(b"\xde\xad\xbe\xef" * 256)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_cached_file_that_changed_is_fetched_again(
+    origin: tuple[str, ServerState], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url, state = origin
+    first = fetch(_settings(tmp_path, url + "/model.bin"))
+    assert fetch(_settings(tmp_path, url + "/model.bin")) == first  # intact: trusted, not downloaded
+    assert len(state.requests) == 1
+
+    bad = _corrupt(tmp_path / "model.bin")
+    again = fetch(_settings(tmp_path, url + "/model.bin"))
+    assert (tmp_path / "model.bin").read_bytes() == PAYLOAD
+    assert again["sha256"] == DIGEST
+    assert [r for _, r in state.requests] == [None, None]  # downloaded whole, nothing resumed
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        f"fetch: {tmp_path / 'model.bin'} changed since it was fetched (sha256 {bad}, recorded {DIGEST}); "
+        "fetching it again"
+    ]
+
+    with (tmp_path / "model.bin").open("r+b") as handle:
+        handle.truncate(1000)
+    caplog.clear()
+    fetch(_settings(tmp_path, url + "/model.bin"))
+    assert (tmp_path / "model.bin").read_bytes() == PAYLOAD
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"fetch: {tmp_path / 'model.bin'} changed since it was fetched (1000 bytes, recorded {len(PAYLOAD)}); "
+        "fetching it again"
+    ]
+    assert len(state.requests) == 3
+
+
+def test_an_intact_cached_gguf_is_not_fetched_twice(origin: tuple[str, ServerState], tmp_path: Path) -> None:
+    url, state = origin
+    env = {"hf_endpoint": url, "hf_token": state.token}
+    first = fetch(_settings(tmp_path, "hf://org/repo/model.gguf", **env))
+    assert fetch(_settings(tmp_path, "hf://org/repo/model.gguf", **env)) == first
+    assert [path for path, _ in state.requests].count("/cdn/blob") == 1
+
+
+def test_a_resumed_partial_download_that_fails_its_digest_starts_over(
+    origin: tuple[str, ServerState], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url, state = origin
+    kept = bytearray(PAYLOAD[: len(PAYLOAD) // 2])
+    kept[100] ^= 0xFF  # the earlier attempt's bytes went bad on the volume
+    (tmp_path / ".model.bin.part").write_bytes(bytes(kept))
+    record = fetch(_settings(tmp_path, url + "/model.bin", sha256=DIGEST))
+    assert (tmp_path / "model.bin").read_bytes() == PAYLOAD
+    assert record["sha256"] == DIGEST
+    assert [r for _, r in state.requests] == [f"bytes={len(kept)}-", None]
+    spliced = hashlib.sha256(bytes(kept) + PAYLOAD[len(kept) :]).hexdigest()
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"fetch: {url}/model.bin resumed from a partial download has sha256 {spliced}, not {DIGEST}; "
+        "downloading it again from the start"
+    ]
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_a_file_without_a_record_is_trusted_only_by_the_expected_digest(
+    origin: tuple[str, ServerState], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url, state = origin
+    (tmp_path / "model.bin").write_bytes(PAYLOAD)  # seeded by hand: no .slm-fetch.json
+    record = fetch(_settings(tmp_path, url + "/model.bin", sha256=DIGEST))
+    assert (record["sha256"], record["verified"], record["sizeBytes"]) == (DIGEST, True, len(PAYLOAD))
+    assert state.requests == []
+    assert json.loads((tmp_path / RESULT_FILE).read_text()) == record
+
+    (tmp_path / RESULT_FILE).unlink()
+    bad = _corrupt(tmp_path / "model.bin")
+    fetch(_settings(tmp_path, url + "/model.bin", sha256=DIGEST))
+    assert (tmp_path / "model.bin").read_bytes() == PAYLOAD
+    assert [r for _, r in state.requests] == [None]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"fetch: {tmp_path / 'model.bin'} is present but its sha256 {bad} is not {DIGEST}; fetching it again"
+    ]
+
+
+def test_a_folder_file_that_changed_is_fetched_again(
+    hub: tuple[str, set[str]], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url, _ = hub
+    record = fetch(_settings(tmp_path, "hf://org/genai/cpu/int4", hf_endpoint=url))
+    bad = _corrupt(tmp_path / "model.onnx")
+    entry = next(f for f in record["files"] if f["path"] == "model.onnx")
+    assert fetch(_settings(tmp_path, "hf://org/genai/cpu/int4", hf_endpoint=url)) == record
+    assert (tmp_path / "model.onnx").read_bytes() == HUB_FILES["org/genai"]["cpu/int4/model.onnx"]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"fetch: {tmp_path / 'model.onnx'} changed since it was fetched (sha256 {bad}, recorded "
+        f"{entry['sha256']}); fetching it again"
+    ]
