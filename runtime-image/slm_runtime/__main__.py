@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from slm_runtime import __version__
+from slm_runtime.integrity import MODEL_CORRUPTED_EXIT, ModelCorruptedError, report_termination, verify_model
 from slm_runtime.middleware import JsonLogFormatter
 from slm_runtime.settings import ENV_PREFIX, FetchSettings, ServeSettings
 
@@ -78,10 +79,33 @@ class _DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def verify(settings: ServeSettings) -> int:
+    """Check the model against SLM_MODEL_SHA256 before loading; 0 when it matches (or is not given).
+
+    A mismatch is one line with a stable prefix (`ModelCorrupted: ...`), in the termination message
+    (which the operator reads, to fetch the model again) and last on stderr; exit code 3.
+    """
+    if not settings.model_sha256:
+        return 0
+    try:
+        note = verify_model(settings.model, settings.model_sha256)
+    except ModelCorruptedError as exc:
+        line = exc.line()
+        logging.getLogger("slm_runtime").error(line)
+        report_termination(settings.termination_log, line)
+        print(line, file=sys.stderr, flush=True)
+        return MODEL_CORRUPTED_EXIT
+    logging.getLogger("slm_runtime").info("model %s", note)
+    return 0
+
+
 def serve(settings: ServeSettings) -> int:
     from slm_runtime.app import create_app
 
     configure_logging(settings.log_level)
+    failed = verify(settings)
+    if failed:
+        return failed
     app = create_app(settings)
     config = uvicorn.Config(
         app,

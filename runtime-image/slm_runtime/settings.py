@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -36,6 +37,12 @@ class ServeSettings(_SlmSettings):
     """Settings of `slm_runtime serve`; each field is `SLM_<FIELD>` and `--<field-with-dashes>`."""
 
     model: Path = Field(description="Model path: a .gguf file, or a folder holding an ONNX model.")
+    model_sha256: str = Field(
+        default="",
+        description="Expected sha256 of the model file (for a folder: the fetcher's manifest digest, each "
+        "file checked against the fetch record); checked before loading, and a mismatch exits with code 3 "
+        "and a termination message starting 'ModelCorrupted:'. Empty = not checked.",
+    )
     model_name: str = Field(
         default="", description="Name the model is served under (e.g. phi4:mini); default from the path."
     )
@@ -84,6 +91,20 @@ class ServeSettings(_SlmSettings):
         description="On SIGTERM, how long to keep accepting requests while /readyz already fails, so "
         "the Service stops sending new ones first; responses meanwhile carry Connection: close.",
     )
+
+    termination_log: Path = Field(
+        default=Path("/dev/termination-log"),
+        description="Where a start-up failure (e.g. 'ModelCorrupted: ...') is written for Kubernetes (the "
+        "container's termination message, which the operator reads); skipped when no such writable file exists.",
+    )
+
+    @field_validator("model_sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value and not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ValueError("model_sha256 must be 64 hex characters")
+        return value
 
     @field_validator("default_parameters", mode="before")
     @classmethod

@@ -66,7 +66,7 @@ def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     serve_help = subprocess.run(
         [sys.executable, "-m", "slm_runtime", "serve", "--help"], capture_output=True, text=True, timeout=60
     ).stdout
-    every_flag = {name.replace("-", "_") for name in re.findall(r"--([a-z-]+) VALUE", serve_help)}
+    every_flag = {name.replace("-", "_") for name in re.findall(r"--([a-z0-9-]+) VALUE", serve_help)}
     assert set(ServeSettings.model_fields) <= every_flag
 
 
