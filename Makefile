@@ -11,7 +11,7 @@ export SLM_CLUSTER_DIR ?= $(CURDIR)/.cluster
 PYTEST_ARGS ?=
 
 .PHONY: help install lint format typecheck importlint test test-unit test-k8s test-e2e test-runtime \
-        cluster-bins cluster-up cluster-down cluster-status crds demo demo-down bench clean
+        cluster-bins cluster-up cluster-down cluster-status images crds demo demo-down bench clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -50,7 +50,10 @@ importlint: install
 cluster-bins: ## build (once) or reuse the control-plane binaries; SLM_KUBE_BIN_DIR=dir uses yours
 	@bash hack/build-k8s-bins.sh >/dev/null
 
-cluster-up: install cluster-bins ## start the local control plane; prints KUBECONFIG=... last
+images: install ## build (when their inputs changed) the runtime (cpu), operator and sandbox images with buildah into ~/.cache/slm-operator/images
+	@$(PY) hack/images.py build
+
+cluster-up: install cluster-bins images ## start the local control plane; prints KUBECONFIG=... last
 	@$(PY) hack/localcluster.py up --state-dir "$(SLM_CLUSTER_DIR)"
 
 cluster-down: ## stop the local control plane and remove its state

@@ -47,6 +47,14 @@ fi
 command -v go >/dev/null || { log "error: Go is required (go 1.26+) to build the control-plane binaries"; exit 1; }
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-trimpath
 mkdir -p "$OUT"
+# One build at a time (make test, the demo and the chart tests may all call this): a second caller
+# waits for the first and then finds the binaries there.
+exec 9>"$OUT.lock"
+flock 9
+if have_all "$OUT"; then
+  log "cached (built by a concurrent run): $OUT"
+  echo "$OUT"; exit 0
+fi
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 started=$(date +%s)

@@ -1,0 +1,3 @@
+module slm-operator.dev/hack/pause
+
+go 1.22
