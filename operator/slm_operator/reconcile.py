@@ -9,6 +9,7 @@ observe them and write status only when it changed. In steady state it writes no
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import re
@@ -38,19 +39,28 @@ from slm_operator.resolve import (
 )
 from slm_operator.settings import OperatorSettings
 from slm_operator.status import (
+    MODEL_CORRUPTED,
     JobObservation,
     ObservedChildren,
+    RuntimeObservation,
     compute_status,
+    fetch_failure_reason,
     observe_deployment,
     observe_job,
+    observe_runtime_pods,
 )
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
 
-# On the cache claim: JSON {cache key: {source, sha256, sizeBytes}} of the models it holds.
+# On the cache claim: JSON {cache key: {source, sha256, sizeBytes, quantization, cachedAt}} of the
+# models it holds.
 CACHED_MODELS_ANNOTATION = "slm.dev/cached-models"
+# While serving replicas are unavailable, how often their Pods are looked at again (Pods are not
+# watched: a container that crashes in an already-unavailable Pod changes no watched object).
+RUNTIME_POLL_SECONDS = 10.0
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
 def fetch_retry_delay(attempt: int, base: float, cap: float) -> float:
@@ -332,22 +342,31 @@ class Reconciler:
                 "Warning",
             )
 
-        job_name = fetch_job_name(name, plan.model.cache_key)
+        key_of_model = plan.model.cache_key
+        job_name = fetch_job_name(name, key_of_model)
         cached = cached_models(claim)
-        record = cached.get(plan.model.cache_key)
-        job = await self._child("Job", namespace, job_name)
-        if job is None and record is not None:
+        record = cached.get(key_of_model)
+        deployment = await self._child("Deployment", namespace, name)
+        runtime = RuntimeObservation()
+        corrupted = ""
+        if deployment is not None and observe_deployment(deployment).unavailable_replicas:
+            # Only while replicas are unavailable (steady state lists nothing): what the serving
+            # Pods say. Pod changes raise no event we watch, so look again until they are available.
+            serving = await self.api.list("Pod", namespace, selector_string(name))
+            runtime = observe_runtime_pods(serving, cache_key=key_of_model, cached_since=_cached_at(record))
+            _requeue(result, RUNTIME_POLL_SECONDS)
+            if runtime.corrupted and record is not None:
+                corrupted = runtime.corrupted
+                await self._drop_corrupted(plan, cached, job_name, corrupted, result)
+                record = None
+
+        job_seen: JobObservation | None = None
+        job = None if corrupted else await self._child("Job", namespace, job_name)
+        if corrupted:
+            pass  # the Job was deleted (its name is the model's): the next pass creates a new one
+        elif job is None and record is not None:
             # Already in the cache (a retained claim, or a Job since cleaned up): never fetch twice.
-            size = int(record.get("sizeBytes") or 0)
-            job_seen = JobObservation(
-                name="",
-                succeeded=True,
-                sha256=str(record.get("sha256") or ""),
-                size_bytes=size,
-                quantization=str(record.get("quantization") or ""),
-                total_bytes=size,
-                bytes_downloaded=size,
-            )
+            job_seen = _from_record(JobObservation(name="", succeeded=True), record)
         else:
             if job is None:
                 job = await self._apply_if_drifted(build_fetch_job(plan), None, result)
@@ -358,28 +377,26 @@ class Reconciler:
                 pods = await self.api.list("Pod", namespace, f"job-name={job_name}")
             job_seen = observe_job(job, pods)
             if job_seen.failed:
-                await self._schedule_fetch_retry(plan.owner, job, job_seen.message, result)
+                await self._schedule_fetch_retry(plan.owner, job, job_seen, result)
             elif job_seen.succeeded:
                 self._fetch_attempts.pop((key, job_name), None)
                 if record is None:
-                    cached[plan.model.cache_key] = {
+                    cached[key_of_model] = {
                         "source": plan.model.source,
                         "sha256": job_seen.sha256,
                         "sizeBytes": job_seen.size_bytes,
                         "quantization": job_seen.quantization,
+                        "cachedAt": self.clock().strftime(_TIME_FORMAT),
                     }
-                    await self.api.annotate(
-                        "PersistentVolumeClaim",
-                        namespace,
-                        plan.cache.claim_name,
-                        {CACHED_MODELS_ANNOTATION: json.dumps(cached, sort_keys=True, separators=(",", ":"))},
-                    )
+                    await self._write_cached_models(plan, cached)
                     result.applied.append(f"PersistentVolumeClaim/{plan.cache.claim_name}#cached")
+                else:
+                    job_seen = _from_record(job_seen, record)
 
-        deployment = await self._child("Deployment", namespace, name)
-        if job_seen.succeeded:
+        if job_seen is not None and job_seen.succeeded:
             # Serve only a cached model; until the new one is cached, the old Deployment keeps serving.
-            deployment = await self._apply_if_drifted(build_deployment(plan), deployment, result)
+            manifest = build_deployment(plan, model_sha256=job_seen.sha256)
+            deployment = await self._apply_if_drifted(manifest, deployment, result)
         service = await self._child("Service", namespace, name)
         service = await self._apply_if_drifted(build_service(plan), service, result)
         return ObservedChildren(
@@ -387,12 +404,59 @@ class Reconciler:
             fetch_job=job_seen,
             deployment=observe_deployment(deployment) if deployment else None,
             service=service is not None,
+            runtime=runtime,
+            model_corrupted=corrupted,
         )
 
+    async def _write_cached_models(self, plan: Plan, cached: Mapping[str, Any]) -> None:
+        """Set the claim's record of the models it holds, and remember it (the watch may lag)."""
+        namespace, claim_name = plan.owner.namespace, plan.cache.claim_name
+        text = json.dumps(cached, sort_keys=True, separators=(",", ":"))
+        await self.api.annotate(
+            "PersistentVolumeClaim", namespace, claim_name, {CACHED_MODELS_ANNOTATION: text}
+        )
+        remembered = self.children.get(("PersistentVolumeClaim", namespace, claim_name))
+        if remembered is not None:
+            metadata = dict(remembered.get("metadata") or {})
+            metadata["annotations"] = {**(metadata.get("annotations") or {}), CACHED_MODELS_ANNOTATION: text}
+            self.children[("PersistentVolumeClaim", namespace, claim_name)] = {
+                **remembered,
+                "metadata": metadata,
+            }
+
+    async def _drop_corrupted(
+        self,
+        plan: Plan,
+        cached: dict[str, dict[str, Any]],
+        job_name: str,
+        message: str,
+        result: ReconcileResult,
+    ) -> None:
+        """A runtime found the cached model corrupted: forget it was cached and fetch it again.
+
+        The record goes from the claim and the completed fetch Job is deleted (the new Job has
+        the same name); the fetcher then checks the file against its own record and downloads
+        it again. The crashing runtime Pods start serving once it is cached (kubelet restarts them).
+        """
+        owner = plan.owner
+        key = (owner.namespace, owner.name)
+        log.warning("%s/%s: %s; fetching the model again", owner.namespace, owner.name, message)
+        cached.pop(plan.model.cache_key, None)
+        await self._write_cached_models(plan, cached)
+        result.applied.append(f"-PersistentVolumeClaim/{plan.cache.claim_name}#cached")
+        if await self._child("Job", owner.namespace, job_name) is not None:
+            await self.api.delete("Job", owner.namespace, job_name)
+            self.remember_child("Job", owner.namespace, job_name, None)
+            result.applied.append(f"-Job/{job_name}")
+        self._fetch_attempts.pop((key, job_name), None)
+        await self._notify(owner, MODEL_CORRUPTED, message, "Warning")
+        _requeue(result, 1.0)
+
     async def _schedule_fetch_retry(
-        self, owner: Owner, job: Mapping[str, Any], message: str, result: ReconcileResult
+        self, owner: Owner, job: Mapping[str, Any], seen: JobObservation, result: ReconcileResult
     ) -> None:
         """Retry a failed fetch with exponential backoff: delete the Job when its time is up."""
+        message = seen.message
         key = (owner.namespace, owner.name)
         job_name = str(job["metadata"]["name"])
         attempt = self._fetch_attempts.setdefault((key, job_name), 1)
@@ -402,10 +466,10 @@ class Reconciler:
         )
         wait = (failed_at.timestamp() + delay) - self.clock().timestamp()
         if wait > 0:
-            result.requeue_after = wait
+            _requeue(result, wait)
             await self._notify(
                 owner,
-                "FetchFailed",
+                fetch_failure_reason(seen),
                 f"fetch attempt {attempt} failed: {message}; retrying in {delay:.0f}s",
                 "Warning",
             )
@@ -416,7 +480,7 @@ class Reconciler:
         self.remember_child("Job", key[0], job_name, None)
         result.applied.append(f"-Job/{job_name}")
         # The Job's pods go with it (background propagation); recreate on the next pass.
-        result.requeue_after = 1.0
+        _requeue(result, 1.0)
 
     async def _notify(self, owner: Owner, reason: str, message: str, type_: str) -> None:
         """Post an Event about an SLMDeployment once per distinct message."""
@@ -562,6 +626,35 @@ def _job_complete(job: Mapping[str, Any]) -> bool:
     return any(
         c.get("type") == "Complete" and c.get("status") == "True"
         for c in (job.get("status") or {}).get("conditions") or []
+    )
+
+
+def _requeue(result: ReconcileResult, seconds: float) -> None:
+    """Ask for another pass within `seconds` (the soonest of all the reasons wins)."""
+    if result.requeue_after is None or seconds < result.requeue_after:
+        result.requeue_after = seconds
+
+
+def _cached_at(record: Mapping[str, Any] | None) -> datetime | None:
+    """When the operator recorded a model as cached (None: unknown, e.g. a record from before)."""
+    if not record or not record.get("cachedAt"):
+        return None
+    try:
+        return datetime.strptime(str(record["cachedAt"]), _TIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def _from_record(seen: JobObservation, record: Mapping[str, Any]) -> JobObservation:
+    """A completed fetch as the claim records it (digest, size, quantization)."""
+    size = int(record.get("sizeBytes") or 0)
+    return dataclasses.replace(
+        seen,
+        sha256=str(record.get("sha256") or ""),
+        size_bytes=size,
+        quantization=str(record.get("quantization") or ""),
+        total_bytes=size,
+        bytes_downloaded=size,
     )
 
 

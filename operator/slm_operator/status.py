@@ -23,7 +23,7 @@ from slm_operator.api.v1alpha1 import (
     SLMDeploymentSpec,
     SLMDeploymentStatus,
 )
-from slm_operator.naming import cache_claim_name, endpoint, selector_string
+from slm_operator.naming import MODEL_KEY_ANNOTATION, cache_claim_name, endpoint, selector_string
 from slm_operator.resolve import Owner, Plan, ResolveFailure
 
 READY = "Ready"
@@ -34,6 +34,49 @@ PLACED = "Placed"
 CONDITION_TYPES = (READY, RECONCILING, STALLED, MODEL_CACHED, PLACED)
 
 ConditionStatus = Literal["True", "False", "Unknown"]
+
+# Prefixes the runtime puts on a container's termination message ("<Prefix>: <message>") for
+# failures the operator names in status (a contract with slm_runtime.integrity).
+CACHE_NOT_WRITABLE = "CacheNotWritable"
+MODEL_CORRUPTED = "ModelCorrupted"
+FETCH_FAILED = "FetchFailed"
+RUNTIME_FAILING = "RuntimeFailing"
+
+
+@dataclass(frozen=True)
+class FetchFailureKind:
+    """How a kind of fetch failure shows in status: its reason, and whether retrying can help."""
+
+    reason: str
+    # True: nothing changes until someone acts (Stalled=True from the first failed attempt);
+    # the operator keeps retrying with backoff all the same, so it recovers once fixed.
+    stalls: bool
+    waiting_for: str  # the Reconciling message while stalled
+
+
+# The one mapping from fetch failures (by termination-message prefix) to how status shows them.
+# "" is any other failure: FetchFailed once the Job has failed for good (FetchRetrying before).
+FETCH_FAILURE_KINDS: Mapping[str, FetchFailureKind] = {
+    "": FetchFailureKind(FETCH_FAILED, True, "waiting for a change of the spec to retry the fetch"),
+    CACHE_NOT_WRITABLE: FetchFailureKind(
+        CACHE_NOT_WRITABLE,
+        True,
+        "retrying the fetch with backoff; it succeeds once the cache volume is writable",
+    ),
+}
+
+
+def split_failure(line: str) -> tuple[str, str]:
+    """(kind, message) of a termination-message line: a known fetch-failure prefix, else ("", line)."""
+    for prefix in FETCH_FAILURE_KINDS:
+        if prefix and line.startswith(f"{prefix}: "):
+            return prefix, line[len(prefix) + 2 :].strip()
+    return "", line
+
+
+def fetch_failure_reason(job: JobObservation) -> str:
+    """The reason a failed fetch shows under (the Event's reason too)."""
+    return FETCH_FAILURE_KINDS.get(job.failure_kind, FETCH_FAILURE_KINDS[""]).reason
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,6 +96,7 @@ class JobObservation:
     sha256: str = ""
     size_bytes: int = 0
     quantization: str = ""  # what the fetched file declares (a direct source's only word on it)
+    failure_kind: str = ""  # a known prefix of the fetcher's error (FETCH_FAILURE_KINDS), "" = other
 
 
 @dataclass(frozen=True)
@@ -63,8 +107,17 @@ class DeploymentObservation:
     updated_replicas: int = 0
     ready_replicas: int = 0
     available_replicas: int = 0
+    unavailable_replicas: int = 0
     progress_deadline_exceeded: bool = False
     message: str = ""
+
+
+@dataclass(frozen=True)
+class RuntimeObservation:
+    """What the serving Pods say while replicas are unavailable (read only then)."""
+
+    corrupted: str = ""  # a runtime's ModelCorrupted message about the current model, since it was cached
+    failing: str = ""  # a runtime Pod that keeps failing for another reason
 
 
 @dataclass(frozen=True)
@@ -74,6 +127,8 @@ class ObservedChildren:
     deployment: DeploymentObservation | None = None
     service: bool = False
     apply_error: str = ""  # a child could not be created or updated (the API said why)
+    runtime: RuntimeObservation = RuntimeObservation()
+    model_corrupted: str = ""  # the cached model was found corrupted this pass; it is fetched again
 
 
 def _int(value: Any) -> int:
@@ -115,13 +170,14 @@ def observe_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) 
             else:
                 pod_messages.append(message.splitlines()[-1])
     message = ""
+    kind, detail = split_failure(pod_messages[-1]) if pod_messages else ("", "")
     failed_attempts = _int(status.get("failed"))
     if failed_attempts and not failed and not complete and pod_messages:
-        message = pod_messages[-1]
+        message = detail
     if failed:
-        detail = pod_messages[-1] if pod_messages else ""
         reason = failed_condition.get("message") or failed_condition.get("reason") or "the fetch Job failed"
-        message = f"{detail} ({reason})" if detail else str(reason)
+        # A known kind says all there is; the Job's own reason (backoff limit...) adds nothing.
+        message = detail if kind else (f"{detail} ({reason})" if detail else str(reason))
     size = _int(result.get("sizeBytes"))
     return JobObservation(
         name=str((job.get("metadata") or {}).get("name", "")),
@@ -135,6 +191,7 @@ def observe_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) 
         sha256=str(result.get("sha256") or ""),
         size_bytes=size,
         quantization=str(result.get("quantization") or ""),
+        failure_kind=kind if (failed or failed_attempts) and not complete else "",
     )
 
 
@@ -151,9 +208,79 @@ def observe_deployment(deployment: Mapping[str, Any]) -> DeploymentObservation:
         updated_replicas=_int(status.get("updatedReplicas")),
         ready_replicas=_int(status.get("readyReplicas")),
         available_replicas=_int(status.get("availableReplicas")),
+        unavailable_replicas=_int(status.get("unavailableReplicas")),
         progress_deadline_exceeded=progressing.get("reason") == "ProgressDeadlineExceeded",
         message=str(progressing.get("message") or ""),
     )
+
+
+# Waiting reasons of a container that will not start without a change (or keeps crashing).
+_IMAGE_PULL_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName"})
+_FAILING_WAIT_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError", "RunContainerError"})
+_MESSAGE_LIMIT = 300
+
+
+def _timestamp(value: Any) -> datetime | None:
+    try:
+        return datetime.strptime(str(value), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def _last_line(text: Any) -> str:
+    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
+    line = lines[-1] if lines else ""
+    return line if len(line) <= _MESSAGE_LIMIT else line[: _MESSAGE_LIMIT - 1] + "…"
+
+
+def observe_runtime_pods(
+    pods: Sequence[Mapping[str, Any]], *, cache_key: str, cached_since: datetime | None
+) -> RuntimeObservation:
+    """Why serving Pods are not available, from their containers' states and termination messages.
+
+    A `ModelCorrupted:` termination counts only for a Pod serving `cache_key` and only when it
+    ended after the model was (last) cached: a container's lastState keeps the message of a crash
+    from before a re-fetch until it terminates again. A running container (starting, loading)
+    is not failing, whatever its lastState says.
+    """
+    corrupted = ""
+    failing = ""
+    for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("name", ""))):
+        metadata = pod.get("metadata") or {}
+        if metadata.get("deletionTimestamp"):
+            continue
+        pod_name = str(metadata.get("name", ""))
+        pod_key = str((metadata.get("annotations") or {}).get(MODEL_KEY_ANNOTATION, ""))
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            state = container.get("state") or {}
+            if "running" in state or container.get("ready"):
+                continue
+            waiting = state.get("waiting") or {}
+            terminated = state.get("terminated") or (container.get("lastState") or {}).get("terminated") or {}
+            line = _last_line(terminated.get("message"))
+            if line.startswith(f"{MODEL_CORRUPTED}: "):
+                ended = _timestamp(terminated.get("finishedAt"))
+                current = cached_since is None or (ended is not None and ended > cached_since)
+                if pod_key == cache_key and current and not corrupted:
+                    corrupted = f"runtime pod {pod_name}: {line[len(MODEL_CORRUPTED) + 2 :]}"
+                continue  # a stale report, or another model's: the Pod restarts with what is cached
+            if failing:
+                continue
+            reason = str(waiting.get("reason") or "")
+            # Messages stay the same from one crash (or pull back-off) to the next: no status churn.
+            if reason in _IMAGE_PULL_REASONS:
+                failing = f"runtime pod {pod_name} cannot pull its image {container.get('image', '')}"
+            elif reason == "CrashLoopBackOff":
+                detail = line or (f"exit code {terminated['exitCode']}" if "exitCode" in terminated else "")
+                failing = f"runtime pod {pod_name} is in CrashLoopBackOff" + (f": {detail}" if detail else "")
+            elif reason in _FAILING_WAIT_REASONS:
+                detail = _last_line(waiting.get("message"))
+                failing = f"runtime pod {pod_name} is in {reason}" + (f": {detail}" if detail else "")
+            elif state.get("terminated") and _int(terminated.get("exitCode")) != 0:
+                failing = f"runtime pod {pod_name} exited with code {_int(terminated.get('exitCode'))}" + (
+                    f": {line}" if line else ""
+                )
+    return RuntimeObservation(corrupted=corrupted, failing=failing)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,8 +329,12 @@ def _cache_state(plan: Plan, observed: ObservedChildren) -> tuple[_State, CacheP
         return _State(
             "True", "Cached", f"{model} ({plan.model.quantization or plan.model.format}) is cached in {claim}"
         ), "Ready"
+    if job is not None and job.failure_kind in FETCH_FAILURE_KINDS and job.failure_kind:
+        # A known kind of failure: named from the first failed attempt (retries will not help).
+        kind = FETCH_FAILURE_KINDS[job.failure_kind]
+        return _State("False", kind.reason, f"cache claim {claim}: {job.message}"), "Failed"
     if job is not None and job.failed:
-        return _State("False", "FetchFailed", f"fetching {plan.model.source} failed: {job.message}"), "Failed"
+        return _State("False", FETCH_FAILED, f"fetching {plan.model.source} failed: {job.message}"), "Failed"
     if job is not None and job.failed_attempts:
         tries = plan.runtime.fetch_backoff_limit + 1
         detail = f": {job.message}" if job.message else ""
@@ -229,6 +360,8 @@ def _ready_state(spec: SLMDeploymentSpec, observed: ObservedChildren, endpoint_u
         return _State("False", "Deploying", "the serving Deployment does not exist yet")
     if spec.replicas == 0:
         return _State("False", "ScaledToZero", "replicas is 0; nothing serves")
+    if observed.runtime.failing:
+        return _State("False", RUNTIME_FAILING, observed.runtime.failing)
     if deployment.observed_generation < deployment.generation or deployment.updated_replicas < spec.replicas:
         return _State(
             "False",
@@ -289,12 +422,25 @@ def compute_status(
         )
         placed = _State("True", "Placed", plan.placement.reason)
         cached, phase = _cache_state(plan, observed)
+        before = next((c for c in prior.conditions if c.type == MODEL_CACHED), None)
+        if observed.model_corrupted:
+            cached = _State("False", MODEL_CORRUPTED, observed.model_corrupted)
+        elif (
+            cached.reason in ("FetchPending", "Fetching")
+            and before is not None
+            and before.reason == MODEL_CORRUPTED
+            and plan.model.cache_key in before.message
+        ):
+            # Said until the new fetch of that model (the path in the message names its cache
+            # folder) completes, or fails (which says more).
+            cached = _State("False", MODEL_CORRUPTED, before.message)
+        failure = next((k for k in FETCH_FAILURE_KINDS.values() if k.reason == cached.reason), None)
         cache_status = CacheStatus(
             claim_name=plan.cache.claim_name,
             phase=phase,
             bytes_downloaded=job.bytes_downloaded if job else 0,
             total_bytes=(job.total_bytes if job and job.total_bytes else plan.model.size_bytes or 0),
-            message=job.message if job and job.failed else "",
+            message=job.message if job and (job.failed or failure) else "",
         )
         deployment = observed.deployment
         if observed.apply_error:
@@ -302,12 +448,10 @@ def compute_status(
             ready = _State("False", "ApplyFailed", message)
             stalled = _State("False", "ApplyFailed", "")
             reconciling = _State("True", "ApplyFailed", f"{message}; retrying with backoff")
-        elif cached.reason == "FetchFailed":
-            ready = _State("False", "FetchFailed", cached.message)
-            stalled = _State("True", "FetchFailed", cached.message)
-            reconciling = _State(
-                "False", "FetchFailed", "waiting for a change of the spec to retry the fetch"
-            )
+        elif failure is not None and failure.stalls:
+            ready = _State("False", failure.reason, cached.message)
+            stalled = _State("True", failure.reason, cached.message)
+            reconciling = _State("False", failure.reason, failure.waiting_for)
         elif deployment is not None and deployment.progress_deadline_exceeded:
             message = f"the Deployment is not progressing: {deployment.message}"
             ready = _State("False", "ProgressDeadlineExceeded", message)

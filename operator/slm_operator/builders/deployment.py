@@ -32,6 +32,7 @@ SERVE_COMMAND = ("python", "-m", "slm_runtime", "serve")
 # (a test checks each is declared by slm_runtime.settings.ServeSettings).
 RUNTIME_ENV_NAMES: tuple[str, ...] = (
     "SLM_MODEL",
+    "SLM_MODEL_SHA256",
     "SLM_MODEL_NAME",
     "SLM_FORMAT",
     "SLM_HOST",
@@ -65,14 +66,20 @@ def _bool(value: bool) -> str:
     return "true" if value else "false"
 
 
-def runtime_env(plan: Plan) -> list[dict[str, Any]]:
-    """The container's environment, in contract order; optional values only when set."""
+def runtime_env(plan: Plan, model_sha256: str = "") -> list[dict[str, Any]]:
+    """The container's environment, in contract order; optional values only when set.
+
+    `model_sha256` is the digest the fetch recorded for what SLM_MODEL points at (a folder's
+    manifest digest); the runtime checks the model against it before loading.
+    """
     spec = plan.spec
     opt = spec.optimization
     model = plan.model
     placement = plan.placement
-    env: list[tuple[str, str]] = [
-        ("SLM_MODEL", model.path),
+    env: list[tuple[str, str]] = [("SLM_MODEL", model.path)]
+    if model_sha256:
+        env.append(("SLM_MODEL_SHA256", model_sha256))
+    env += [
         ("SLM_MODEL_NAME", model.name),
         ("SLM_FORMAT", model.format),
         ("SLM_HOST", "0.0.0.0"),
@@ -128,7 +135,8 @@ def config_hash(pod_template: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(pod_template, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def build_deployment(plan: Plan) -> dict[str, Any]:
+def build_deployment(plan: Plan, *, model_sha256: str = "") -> dict[str, Any]:
+    """The serving Deployment; `model_sha256` (the fetched model's digest) is checked at start-up."""
     name = plan.owner.name
     placement = plan.placement
     container: dict[str, Any] = {
@@ -136,13 +144,14 @@ def build_deployment(plan: Plan) -> dict[str, Any]:
         "image": placement.image,
         "imagePullPolicy": plan.runtime.image_pull_policy,
         "command": list(SERVE_COMMAND),
-        "env": runtime_env(plan),
+        "env": runtime_env(plan, model_sha256),
         "ports": [{"name": HTTP_PORT_NAME, "containerPort": plan.runtime.container_port, "protocol": "TCP"}],
         "startupProbe": _probe("/healthz", STARTUP_PERIOD_SECONDS, STARTUP_FAILURE_THRESHOLD),
         "livenessProbe": _probe("/healthz", 10, 3),
         "readinessProbe": _probe("/readyz", 5, 3),
         "resources": {"requests": dict(plan.requests), "limits": dict(plan.limits)},
         "securityContext": container_security_context(),
+        # A start-up failure's one line (e.g. "ModelCorrupted: ...") is what the operator reads.
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
             {"name": CACHE_VOLUME, "mountPath": MODELS_MOUNT_PATH, "readOnly": True},

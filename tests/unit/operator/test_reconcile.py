@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,6 +15,7 @@ from slm_operator.k8s import ApiError
 from slm_operator.metrics import OperatorMetrics
 from slm_operator.reconcile import (
     CACHED_MODELS_ANNOTATION,
+    RUNTIME_POLL_SECONDS,
     Reconciler,
     cached_models,
     contains,
@@ -33,6 +35,7 @@ class FakeApi:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.writes: list[str] = []
         self.events: list[tuple[str, str]] = []
+        self.lists: list[str] = []
         self.fail_apply: dict[str, ApiError] = {}
 
     def put(self, obj: dict[str, Any]) -> None:
@@ -44,11 +47,14 @@ class FakeApi:
         return copy.deepcopy(obj) if obj else None
 
     async def list(self, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
-        key, _, value = label_selector.partition("=")
+        self.lists.append(f"{kind} {label_selector}")
+        wanted = dict(term.split("=", 1) for term in label_selector.split(","))
         return [
             copy.deepcopy(o)
             for (k, ns, _), o in self.objects.items()
-            if k == kind and ns == namespace and o["metadata"].get("labels", {}).get(key) == value
+            if k == kind
+            and ns == namespace
+            and all(o["metadata"].get("labels", {}).get(key) == value for key, value in wanted.items())
         ]
 
     async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
@@ -175,10 +181,13 @@ async def test_converges_in_steps_then_writes_nothing(api: FakeApi, reconciler: 
     }
 
     api.writes.clear()
+    api.lists.clear()
     steady = await reconciler.reconcile(KEY)
     assert steady.applied == []
     assert not steady.status_written
     assert api.writes == []
+    assert api.lists == []  # no Pods are read while every replica is available
+    assert steady.requeue_after is None
     assert len([e for e in api.events if e[0] == "Placed"]) == 1
 
 
@@ -351,3 +360,266 @@ async def test_a_burst_of_triggers_runs_one_reconcile(api: FakeApi, reconciler: 
     reconciler.enqueue(KEY)  # a trigger after the run starts a new one
     await reconciler.idle()
     assert runs.count(KEY) == 2
+
+
+# --- fetch failures that name their cause, and a model corrupted on the claim -----------------
+
+SPEC = {"model": {"name": "qwen2.5:0.5b"}, "hardware": {"preferred": "cpu"}}
+GOOD = "e" * 64
+BAD = "b" * 64
+NOT_WRITABLE = (
+    "cache volume not writable: /models/x (uid 65532, gid 65532): /models is owned by 0:0 with mode 0755 "
+    "and the volume does not apply fsGroup (hostPath and some CSI drivers); make it writable for uid 65532 "
+    "(chown 65532:65532 or chmod on the node, or a StorageClass whose driver honours fsGroup)"
+)
+
+
+def full_conditions(api: FakeApi) -> dict[str, tuple[str, str, str]]:
+    status = api.objects[("SLMDeployment", "ai", "assistant")]["status"]
+    return {c["type"]: (c["status"], c["reason"], c["message"]) for c in status["conditions"]}
+
+
+def put_fetch_pod(api: FakeApi, job_name: str, exit_code: int, message: str, suffix: str = "a1") -> None:
+    api.put(
+        {
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{job_name}-{suffix}",
+                "namespace": "ai",
+                "labels": {"job-name": job_name},
+                "creationTimestamp": f"2026-11-30T01:00:{suffix[-1]}0Z",
+            },
+            "status": {
+                "containerStatuses": [
+                    {"name": "fetch", "state": {"terminated": {"exitCode": exit_code, "message": message}}}
+                ]
+            },
+        }
+    )
+
+
+def put_runtime_pod(
+    api: FakeApi, cache_key: str, container: dict[str, Any], name: str = "assistant-6d4f-x2"
+) -> None:
+    api.put(
+        {
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": "ai",
+                "labels": {
+                    "app.kubernetes.io/instance": "assistant",
+                    "app.kubernetes.io/name": "slm-runtime",
+                },
+                "annotations": {"slm.dev/model-cache-key": cache_key},
+            },
+            "status": {"containerStatuses": [{"name": "runtime", "ready": False, **container}]},
+        }
+    )
+
+
+def make_deployment_unavailable(api: FakeApi) -> None:
+    make_deployment_ready(api)
+    api.objects[("Deployment", "ai", "assistant")]["status"] |= {
+        "readyReplicas": 0,
+        "availableReplicas": 0,
+        "unavailableReplicas": 1,
+    }
+
+
+def fetched_record(size: int = 397808192) -> str:
+    return json.dumps({"phase": "Ready", "sha256": GOOD, "sizeBytes": size, "quantization": "q4_k_m"})
+
+
+async def test_an_unwritable_cache_is_named_stalled_and_still_retried(
+    api: FakeApi, reconciler: Reconciler
+) -> None:
+    api.put(slm_body(SPEC))
+    await reconciler.reconcile(KEY)
+    job_name = set_job_condition(api, "Running")
+    api.objects[("Job", "ai", job_name)]["status"] = {"failed": 1, "active": 1}
+    put_fetch_pod(api, job_name, 1, f"CacheNotWritable: {NOT_WRITABLE}")
+    watched(reconciler)
+    await reconciler.reconcile(KEY)
+    message = f"cache claim assistant-model-cache: {NOT_WRITABLE}"
+    waiting = "retrying the fetch with backoff; it succeeds once the cache volume is writable"
+    conditions_now = full_conditions(api)
+    assert {k: v for k, v in conditions_now.items() if k != "Placed"} == {
+        "Ready": ("False", "CacheNotWritable", message),
+        "Reconciling": ("False", "CacheNotWritable", waiting),
+        "Stalled": ("True", "CacheNotWritable", message),
+        "ModelCached": ("False", "CacheNotWritable", message),
+    }
+    cache = api.objects[("SLMDeployment", "ai", "assistant")]["status"]["cache"]
+    assert (cache["phase"], cache["message"]) == ("Failed", NOT_WRITABLE)
+
+    # The Job gives up: same status (nothing to rewrite), the retry backoff runs as for any failure.
+    set_job_condition(api, "Failed", failed=5, when=NOW - timedelta(seconds=10))
+    watched(reconciler)
+    waiting_pass = await reconciler.reconcile(KEY)
+    assert not waiting_pass.status_written
+    assert waiting_pass.requeue_after == 20.0
+    assert api.events[-1] == ("CacheNotWritable", f"fetch attempt 1 failed: {NOT_WRITABLE}; retrying in 30s")
+    set_job_condition(api, "Failed", failed=5, when=NOW - timedelta(seconds=31))
+    watched(reconciler)
+    assert (await reconciler.reconcile(KEY)).applied == [f"-Job/{job_name}"]
+
+    # Someone fixed the volume: the next Job succeeds and the model is cached.
+    del api.objects[("Pod", "ai", f"{job_name}-a1")]
+    assert f"Job/{job_name}" in (await reconciler.reconcile(KEY)).applied
+    set_job_condition(api, "Complete")
+    put_fetch_pod(api, job_name, 0, fetched_record())
+    watched(reconciler)
+    await reconciler.reconcile(KEY)
+    assert full_conditions(api)["ModelCached"][:2] == ("True", "Cached")
+    assert full_conditions(api)["Stalled"][:2] == ("False", "Progressing")
+
+
+async def test_a_corrupted_model_is_forgotten_fetched_again_and_served(
+    api: FakeApi, catalog: Catalog
+) -> None:
+    clock = [NOW]
+    settings = OperatorSettings(fetch_retry_base_seconds=30, fetch_retry_max_seconds=3600)
+    reconciler = Reconciler(api, settings, catalog, OperatorMetrics(), clock=lambda: clock[0])
+    reconciler.set_nodes([cpu_node("cpu-0", memory="64Gi")])
+    api.put(slm_body(SPEC))
+    await reconciler.reconcile(KEY)
+    job_name = set_job_condition(api, "Complete")
+    put_fetch_pod(api, job_name, 0, fetched_record())
+    watched(reconciler)
+    await reconciler.reconcile(KEY)
+    claim_key = ("PersistentVolumeClaim", "ai", "assistant-model-cache")
+    api.objects[claim_key]["status"] = {"phase": "Bound"}  # as the volume controller would
+    cache_key = api.objects[("Job", "ai", job_name)]["metadata"]["annotations"]["slm.dev/model-cache-key"]
+    assert cached_models(api.objects[claim_key]) == {
+        cache_key: {
+            "source": "hf://Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q8_0.gguf",
+            "sha256": GOOD,
+            "sizeBytes": 397808192,
+            "quantization": "q4_k_m",
+            "cachedAt": "2026-11-30T02:00:00Z",
+        }
+    }
+    env = api.objects[("Deployment", "ai", "assistant")]["spec"]["template"]["spec"]["containers"][0]["env"]
+    model_path = env[0]["value"]
+    assert env[:2] == [
+        {"name": "SLM_MODEL", "value": model_path},
+        {"name": "SLM_MODEL_SHA256", "value": GOOD},
+    ]
+    make_deployment_ready(api)
+    watched(reconciler)
+    await reconciler.reconcile(KEY)
+    assert conditions(api)["Ready"] == ("True", "Available")
+
+    # The file is changed on the claim; the replacement runtime Pod refuses it and crash-loops.
+    report = (
+        f"{model_path} sha256 {BAD} does not match the cached model's {GOOD}; the operator fetches it again"
+    )
+    make_deployment_unavailable(api)
+    put_runtime_pod(
+        api,
+        cache_key,
+        {
+            "restartCount": 1,
+            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s restarting"}},
+            "lastState": {
+                "terminated": {
+                    "exitCode": 3,
+                    "finishedAt": "2026-11-30T02:01:00Z",
+                    "message": f"ModelCorrupted: {report}",
+                }
+            },
+        },
+    )
+    clock[0] = NOW + timedelta(seconds=70)
+    watched(reconciler)
+    api.writes.clear()
+    api.lists.clear()
+    detected = await reconciler.reconcile(KEY)
+    assert api.lists == ["Pod app.kubernetes.io/instance=assistant,app.kubernetes.io/name=slm-runtime"]
+    assert detected.applied == ["-PersistentVolumeClaim/assistant-model-cache#cached", f"-Job/{job_name}"]
+    assert api.writes == [
+        "annotate PersistentVolumeClaim/assistant-model-cache",
+        f"delete Job/{job_name}",
+        "status SLMDeployment/assistant",
+    ]
+    assert detected.requeue_after == 1.0
+    assert cached_models(api.objects[claim_key]) == {}
+    assert ("Job", "ai", job_name) not in api.objects
+    message = f"runtime pod assistant-6d4f-x2: {report}"
+    assert api.events[-1] == ("ModelCorrupted", message)
+    assert {k: v for k, v in full_conditions(api).items() if k != "Placed"} == {
+        "Ready": ("False", "ModelCorrupted", message),
+        "Reconciling": ("True", "ModelCorrupted", message),
+        "Stalled": ("False", "Progressing", ""),
+        "ModelCached": ("False", "ModelCorrupted", message),
+    }
+
+    # The next pass (the claim as the operator left it, before any watch event) fetches again;
+    # the Pod's report from before is not a reason to drop anything now.
+    del api.objects[("Pod", "ai", f"{job_name}-a1")]
+    recreated = await reconciler.reconcile(KEY)
+    assert recreated.applied == [f"Job/{job_name}"]
+    assert recreated.requeue_after == RUNTIME_POLL_SECONDS
+    assert full_conditions(api)["ModelCached"] == ("False", "ModelCorrupted", message)
+    api.objects[("Job", "ai", job_name)]["status"] = {"active": 1}
+    watched(reconciler)
+    await reconciler.reconcile(KEY)
+    assert full_conditions(api)["ModelCached"] == ("False", "ModelCorrupted", message)  # while fetching
+    assert api.objects[("SLMDeployment", "ai", "assistant")]["status"]["cache"]["phase"] == "Fetching"
+
+    # Fetched again: cached (a new cachedAt), and the crash before it no longer counts.
+    clock[0] = NOW + timedelta(seconds=120)
+    set_job_condition(api, "Complete")
+    put_fetch_pod(api, job_name, 0, fetched_record(), suffix="b2")
+    watched(reconciler)
+    refetched = await reconciler.reconcile(KEY)
+    assert refetched.applied == ["PersistentVolumeClaim/assistant-model-cache#cached"]
+    assert cached_models(api.objects[claim_key])[cache_key]["cachedAt"] == "2026-11-30T02:02:00Z"
+    assert full_conditions(api)["ModelCached"][:2] == ("True", "Cached")
+    assert conditions(api)["Ready"] == ("False", "WaitingForReplicas")
+    watched(reconciler)
+    assert (await reconciler.reconcile(KEY)).applied == []  # the old report is stale: nothing dropped
+    assert len([e for e in api.events if e[0] == "ModelCorrupted"]) == 1
+
+    # The kubelet restarts the container, which now verifies the model and serves.
+    del api.objects[("Pod", "ai", "assistant-6d4f-x2")]
+    make_deployment_ready(api)
+    watched(reconciler)
+    api.lists.clear()
+    served = await reconciler.reconcile(KEY)
+    assert conditions(api)["Ready"] == ("True", "Available")
+    assert api.lists == [] and served.requeue_after is None
+
+
+async def test_a_runtime_that_keeps_failing_shows_in_ready(api: FakeApi, reconciler: Reconciler) -> None:
+    api.put(slm_body(SPEC))
+    await reconciler.reconcile(KEY)
+    job_name = set_job_condition(api, "Complete")
+    watched(reconciler)
+    await reconciler.reconcile(KEY)
+    cache_key = api.objects[("Job", "ai", job_name)]["metadata"]["annotations"]["slm.dev/model-cache-key"]
+    make_deployment_unavailable(api)
+    watched(reconciler)
+    starting = await reconciler.reconcile(KEY)  # no Pod says anything yet: look again soon
+    assert conditions(api)["Ready"] == ("False", "WaitingForReplicas")
+    assert starting.requeue_after == RUNTIME_POLL_SECONDS
+    put_runtime_pod(
+        api,
+        cache_key,
+        {
+            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting"}},
+            "lastState": {"terminated": {"exitCode": 1, "message": "loading\nerror: out of memory"}},
+        },
+    )
+    await reconciler.reconcile(KEY)
+    assert full_conditions(api)["Ready"] == (
+        "False",
+        "RuntimeFailing",
+        "runtime pod assistant-6d4f-x2 is in CrashLoopBackOff: error: out of memory",
+    )
+    assert full_conditions(api)["Reconciling"][:2] == ("True", "RuntimeFailing")
+    assert conditions(api)["ModelCached"] == ("True", "Cached")  # nothing is fetched again
+    assert [w for w in api.writes if w.startswith(("delete", "annotate PersistentVolumeClaim"))] == [
+        "annotate PersistentVolumeClaim/assistant-model-cache"  # the first caching only
+    ]
