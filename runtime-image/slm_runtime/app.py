@@ -69,6 +69,7 @@ def _health_router() -> APIRouter:
     router = APIRouter()
 
     @router.get("/healthz")
+    @router.get("/api/health")  # the path the seed's container health check uses
     async def healthz(request: Request) -> JSONResponse:
         runtime: Runtime = request.app.state.runtime
         if runtime.load_error:
@@ -97,6 +98,7 @@ def _health_router() -> APIRouter:
         return JSONResponse(body, 503 if runtime.draining else 200)
 
     @router.get("/metrics")
+    @router.get("/api/metrics")  # the path the seed's Prometheus job scrapes
     async def metrics(request: Request) -> Response:
         runtime: Runtime = request.app.state.runtime
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -16,8 +16,8 @@ from slm_runtime.errors import error_response
 
 access_log = logging.getLogger("slm_runtime.access")
 
-# Probes and metrics stay open so kubelet and Prometheus need no key.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Probes and metrics stay open so kubelet and Prometheus need no key (/api/* are aliases some use).
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/api/health", "/api/metrics"})
 
 
 class GuardMiddleware:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from typing import Any
 
 from slm_runtime.backends.base import SamplingOptions
@@ -30,6 +32,14 @@ LOAD_TIME_OPTIONS = frozenset(
 )
 
 
+# Caps on what a request may ask for, so one request cannot make the server allocate or scan
+# without bound. OpenAI allows 4 stop strings; Ollama sets no limit; 16 covers real chat templates.
+MAX_STOP_STRINGS = 16
+MAX_STOP_LENGTH = 256  # characters per stop string
+MAX_SCHEMA_BYTES = 64 * 1024  # a JSON schema, serialized; its grammar is compiled per request
+_INT32_MAX = 2**31 - 1  # llama.cpp takes these options as int32
+
+
 def _convert(name: str, value: Any, kind: type) -> Any:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ApiError(400, f"option {name} must be a number, got {type(value).__name__}", param=name)
@@ -37,17 +47,54 @@ def _convert(name: str, value: Any, kind: type) -> Any:
         if isinstance(value, float) and not value.is_integer():
             raise ApiError(400, f"option {name} must be an integer", param=name)
         return int(value)
+    if not math.isfinite(value):  # Python's JSON parser accepts NaN and Infinity
+        raise ApiError(400, f"option {name} must be a finite number", param=name)
     return float(value)
+
+
+def _bound(fields: dict[str, Any], context_length: int) -> None:
+    """Clamps or refuses integer options whose size llama.cpp would allocate or loop over."""
+    if "repeat_last_n" in fields:
+        last_n = fields["repeat_last_n"]
+        if last_n < -1:
+            raise ApiError(
+                400, "option repeat_last_n must be -1 (the whole context) or more", param="repeat_last_n"
+            )
+        # The penalty window is a ring buffer of that many tokens; beyond the context it sees nothing more.
+        fields["repeat_last_n"] = context_length if last_n == -1 else min(last_n, context_length)
+    if "max_tokens" in fields:
+        # Negative (Ollama's -1 and -2) means until the context is full; nothing goes beyond it.
+        predict = fields["max_tokens"]
+        fields["max_tokens"] = -1 if predict < 0 else min(predict, context_length)
+    if "top_k" in fields:
+        fields["top_k"] = min(max(fields["top_k"], 0), _INT32_MAX)  # <= 0: off, as llama.cpp has it
+    seed = fields.get("seed")
+    if seed is not None:
+        fields["seed"] = None if seed < 0 else seed & 0xFFFFFFFF  # llama.cpp seeds are 32-bit
 
 
 def _stops(value: Any, name: str) -> tuple[str, ...]:
     if value is None:
         return ()
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list) and all(isinstance(s, str) for s in value):
-        return tuple(value)
-    raise ApiError(400, f"{name} must be a string or a list of strings", param=name)
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise ApiError(400, f"{name} must be a string or a list of strings", param=name)
+    # Every stop string is searched for after every token, so their number and length are capped.
+    if len(stops) > MAX_STOP_STRINGS:
+        raise ApiError(400, f"{name} takes at most {MAX_STOP_STRINGS} strings, got {len(stops)}", param=name)
+    if any(len(s) > MAX_STOP_LENGTH for s in stops):
+        raise ApiError(400, f"{name} strings are at most {MAX_STOP_LENGTH} characters each", param=name)
+    return tuple(stops)
+
+
+def check_schema_size(schema: dict[str, Any], name: str) -> None:
+    size = len(json.dumps(schema, separators=(",", ":")).encode())
+    if size > MAX_SCHEMA_BYTES:
+        raise ApiError(
+            400,
+            f"{name}: the JSON schema is {size} bytes; at most {MAX_SCHEMA_BYTES} are accepted",
+            param=name,
+        )
 
 
 def merge_ollama_options(defaults: dict[str, Any], options: dict[str, Any] | None) -> dict[str, Any]:
@@ -57,7 +104,11 @@ def merge_ollama_options(defaults: dict[str, Any], options: dict[str, Any] | Non
 
 
 def sampling_from_ollama(
-    options: dict[str, Any], *, json_mode: bool = False, json_schema: dict[str, Any] | None = None
+    options: dict[str, Any],
+    *,
+    context_length: int,
+    json_mode: bool = False,
+    json_schema: dict[str, Any] | None = None,
 ) -> SamplingOptions:
     fields: dict[str, Any] = {}
     for name, value in options.items():
@@ -69,12 +120,13 @@ def sampling_from_ollama(
             fields["stop"] = _stops(value, "stop")
         elif name not in LOAD_TIME_OPTIONS:
             log.debug("ignoring unknown option %s", name)
-    if fields.get("seed", 0) < 0:
-        fields["seed"] = None
+    _bound(fields, context_length)
     return SamplingOptions(json_mode=json_mode, json_schema=json_schema, **fields)
 
 
-def sampling_from_openai(defaults: dict[str, Any], body: dict[str, Any]) -> SamplingOptions:
+def sampling_from_openai(
+    defaults: dict[str, Any], body: dict[str, Any], *, context_length: int
+) -> SamplingOptions:
     """OpenAI fields mapped onto Ollama option names, over the configured defaults."""
     options = dict(defaults)
     renames = {
@@ -109,9 +161,12 @@ def sampling_from_openai(defaults: dict[str, Any], body: dict[str, Any]) -> Samp
                     400, "response_format.json_schema.schema must be an object", param="response_format"
                 )
             schema = spec["schema"]
+            check_schema_size(schema, "response_format")
         elif kind != "text":
             raise ApiError(400, f"unsupported response_format type {kind!r}", param="response_format")
-    return sampling_from_ollama(options, json_mode=json_mode, json_schema=schema)
+    return sampling_from_ollama(
+        options, context_length=context_length, json_mode=json_mode, json_schema=schema
+    )
 
 
 def ollama_format(value: Any) -> tuple[bool, dict[str, Any] | None]:
@@ -121,5 +176,6 @@ def ollama_format(value: Any) -> tuple[bool, dict[str, Any] | None]:
     if value == "json":
         return True, None
     if isinstance(value, dict):
+        check_schema_size(value, "format")
         return False, value
     raise ApiError(400, 'format must be "json" or a JSON schema object', param="format")

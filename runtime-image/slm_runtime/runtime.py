@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -78,11 +79,12 @@ class Runtime:
         if name not in aliases and f"{name}:latest" not in aliases:
             raise ApiError(404, f"model '{name}' not found", param="model", code="model_not_found")
 
-    def start(self, prompt_tokens: list[int], options: SamplingOptions) -> Ticket:
+    async def start(self, prompt_tokens: list[int], options: SamplingOptions) -> Ticket:
         """Checks a generation request and takes its slot or queue place, before any response starts."""
         backend = self.require_backend()
         try:
-            backend.validate(prompt_tokens, options)
+            # Off the event loop: checking compiles the request's JSON-schema grammar, which can be slow.
+            await asyncio.to_thread(backend.validate, prompt_tokens, options)
         except ContextLengthExceededError as exc:
             raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from exc
         except BackendError as exc:
@@ -98,6 +100,28 @@ class Runtime:
         except QueueFullError as exc:
             self.metrics.rejected.labels(self.model_name).inc()
             raise ApiError(503, str(exc)) from exc
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """A slot for work outside the generation stream (embeddings), under the same queue limit and drain."""
+        ticket = self.admit()
+        self.enter()
+        try:
+            await ticket.wait()
+            yield
+        finally:
+            ticket.release()
+            self.leave()
+
+    def enter(self) -> None:
+        """Counts a request in flight; the drain on shutdown waits until none is."""
+        self.in_flight += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle.set()
 
 
 class ClosingStreamingResponse(StreamingResponse):
@@ -144,8 +168,7 @@ async def generate(
     disconnect = asyncio.create_task(_wait_disconnect(request))
     job: GenerationJob | None = None
     finished = False
-    runtime.in_flight += 1
-    runtime.idle.clear()
+    runtime.enter()
     try:
         waiter = asyncio.ensure_future(ticket.wait())
         await asyncio.wait({waiter, disconnect}, return_when=asyncio.FIRST_COMPLETED)
@@ -200,9 +223,7 @@ async def generate(
             job.cancelled.set()
         disconnect.cancel()
         ticket.release()
-        runtime.in_flight -= 1
-        if runtime.in_flight == 0:
-            runtime.idle.set()
+        runtime.leave()
 
 
 async def collect(stream: AsyncIterator[str | GenerationStats]) -> tuple[str, GenerationStats]:

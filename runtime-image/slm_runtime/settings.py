@@ -73,7 +73,11 @@ class ServeSettings(_SlmSettings):
         default_factory=dict,
         description="JSON object of default Ollama options (Modelfile PARAMETER), e.g. temperature, stop.",
     )
-    api_key: str = Field(default="", description="Bearer token required on API routes; empty = no auth.")
+    api_key: str = Field(
+        default="",
+        description="Bearer token required on API routes; empty = no auth. Surrounding whitespace is "
+        "stripped, so a key read from a Secret file that ends in a newline still matches.",
+    )
     openai_api: bool = Field(default=True, description="Serve the OpenAI API under /v1.")
     ollama_api: bool = Field(default=True, description="Serve the Ollama API under /api.")
     embeddings: bool | None = Field(
@@ -105,6 +109,11 @@ class ServeSettings(_SlmSettings):
         if value and not re.fullmatch(r"[0-9a-f]{64}", value):
             raise ValueError("model_sha256 must be 64 hex characters")
         return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _strip_key(cls, value: str) -> str:
+        return value.strip()  # `kubectl create secret --from-file` keeps the file's trailing newline
 
     @field_validator("default_parameters", mode="before")
     @classmethod

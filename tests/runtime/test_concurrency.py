@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import httpx
 import ollama
 import pytest
 
+from slm_runtime.backends.base import DoneEvent, ErrorEvent, Event, GenerationJob, SamplingOptions, TokenEvent
+from slm_runtime.backends.llama_cpp_backend import LlamaCppBackend
 from slm_runtime.scheduler import OLLAMA_QUEUE_FULL
 from tests.runtime.conftest import RunningServer, start_server
 
@@ -157,3 +160,85 @@ async def test_disconnect_stops_a_non_streamed_generation(busy_server: RunningSe
             await request
     await _wait_for(lambda: scheduler.running == 0)
     assert busy_server.metric("slm_request_success_total", finished_reason="length") == successes_before
+
+
+async def test_embeddings_share_admission_and_get_the_same_503(busy_server: RunningServer) -> None:
+    scheduler = busy_server.runtime.scheduler
+    streams = [asyncio.create_task(_stream(busy_server.url, f"fill {i}", 4000)) for i in range(3)]
+    try:
+        await _wait_for(lambda: scheduler.running == 2 and scheduler.waiting == 1)
+        async with httpx.AsyncClient() as client:
+            for path, body in (
+                ("/api/embed", {"model": MODEL, "input": "e"}),
+                ("/api/embeddings", {"model": MODEL, "prompt": "e"}),
+            ):
+                response = await client.post(busy_server.url + path, json=body)
+                assert response.status_code == 503
+                assert response.json() == {"error": OLLAMA_QUEUE_FULL}
+            response = await client.post(
+                busy_server.url + "/v1/embeddings", json={"model": MODEL, "input": "e"}
+            )
+            assert response.status_code == 503
+            assert response.json()["error"]["message"] == OLLAMA_QUEUE_FULL
+    finally:
+        for stream in streams:
+            stream.cancel()
+        await asyncio.gather(*streams, return_exceptions=True)
+    await _wait_for(lambda: scheduler.running == 0 and scheduler.waiting == 0)
+    # With room again, an embedding holds a slot while it runs and gives it back.
+    result = await ollama.AsyncClient(host=busy_server.url).embed(model=MODEL, input="after")
+    assert len(result.embeddings) == 1
+    assert scheduler.running == 0
+    assert busy_server.runtime.in_flight == 0
+
+
+async def test_a_failing_decode_fails_only_the_sequence_that_caused_it(busy_server: RunningServer) -> None:
+    """Bypasses the request checks to put an invalid token into the batch next to a healthy sequence."""
+    backend = busy_server.runtime.require_backend()
+    assert isinstance(backend, LlamaCppBackend)
+    loop = asyncio.get_running_loop()
+    good = GenerationJob(backend.tokenize("healthy", add_special=True), SamplingOptions(max_tokens=100), loop)
+    backend.submit(good)
+    first = await good.next_event()
+    assert isinstance(first, TokenEvent)
+    bad = GenerationJob([1, -5, 2], SamplingOptions(max_tokens=5), loop)
+    with backend._wake:  # what submit() does, minus validate()
+        backend._pending.append(bad)
+        backend._wake.notify()
+    failure = await bad.next_event()
+    assert isinstance(failure, ErrorEvent)
+    events: list[Event] = []
+    while not events or isinstance(events[-1], TokenEvent):
+        events.append(await good.next_event())
+    assert isinstance(events[-1], DoneEvent)
+    assert events[-1].stats.completion_tokens == 100
+
+
+async def test_a_running_embedding_holds_off_the_drain(
+    busy_server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = busy_server.runtime
+    backend = runtime.require_backend()
+    entered, release = threading.Event(), threading.Event()
+    embed = backend.embed
+
+    def held(texts: Sequence[str], *, truncate: bool) -> tuple[list[list[float]], int]:
+        entered.set()
+        release.wait(60)
+        return embed(texts, truncate=truncate)
+
+    monkeypatch.setattr(backend, "embed", held)
+    async with httpx.AsyncClient(timeout=60) as client:
+        request = asyncio.ensure_future(
+            client.post(busy_server.url + "/api/embed", json={"model": MODEL, "input": "held"})
+        )
+        await _wait_for(entered.is_set)
+        # What the shutdown drain waits on, and the slot it counts in the scheduler.
+        assert runtime.in_flight == 1
+        assert not runtime.idle.is_set()
+        assert runtime.scheduler.running == 1
+        release.set()
+        response = await request
+    assert response.status_code == 200
+    assert runtime.in_flight == 0
+    assert runtime.idle.is_set()

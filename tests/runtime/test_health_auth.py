@@ -193,3 +193,29 @@ def test_sigterm_fails_readiness_keeps_serving_for_the_drain_delay_then_exits(ti
             process.wait()
     with pytest.raises(httpx.ConnectError):
         httpx.get(url + "/healthz", timeout=2)
+
+
+def test_ollama_style_health_and_metrics_paths(auth_server: RunningServer) -> None:
+    """The seed's container health check and Prometheus job use these; like /healthz and /metrics, no key."""
+    health = httpx.get(auth_server.url + "/api/health")
+    assert health.status_code == 200
+    assert health.json() == httpx.get(auth_server.url + "/healthz").json()
+    metrics = httpx.get(auth_server.url + "/api/metrics")
+    assert metrics.status_code == 200
+    assert "slm_model_loaded" in metrics.text
+
+
+def test_api_key_from_a_secret_file_with_a_newline(tiny_gguf: Path) -> None:
+    server = start_server(
+        model=tiny_gguf,
+        model_name="nl",
+        api_key=f"{KEY}\n",
+        parallel_requests=1,
+        context_length=256,
+        threads=1,
+    )
+    try:
+        ok = httpx.get(server.url + "/api/tags", headers={"Authorization": f"Bearer {KEY}"})
+        assert ok.status_code == 200
+    finally:
+        server.stop()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 
 import httpx
 import ollama
 import pytest
 
+from slm_runtime.backends.grammars import Grammar, GrammarCache
 from tests.runtime.conftest import RunningServer
 
 pytestmark = pytest.mark.runtime
@@ -271,3 +273,184 @@ def test_body_is_json_whatever_the_declared_type(
     response = httpx.post(gguf_server.url + "/api/generate", content=body.encode(), headers=headers)
     assert response.status_code == 200, response.text
     assert response.json()["eval_count"] == 2
+
+
+async def test_bad_context_token_is_400_and_spares_a_running_stream(gguf_server: RunningServer) -> None:
+    """An out-of-range id in `context` is refused at the edge; a concurrent stream is untouched."""
+    vocab = gguf_server.runtime.require_backend().details.vocab_size
+    good = {"model": MODEL, "prompt": "keep going", "options": {"num_predict": 200}}
+    async with (
+        httpx.AsyncClient(timeout=120) as http,
+        http.stream("POST", gguf_server.url + "/api/generate", json=good) as stream,
+    ):
+        lines = stream.aiter_lines()
+        first = json.loads(await anext(lines))
+        assert first["done"] is False
+        for bad_context in ([-5], [1, vocab], [2**40]):
+            bad = await http.post(
+                gguf_server.url + "/api/generate",
+                json={"model": MODEL, "prompt": "x", "context": bad_context, "stream": True},
+            )
+            assert bad.status_code == 400
+            assert set(bad.json()) == {"error"}
+            assert "context" in bad.json()["error"]
+        rest = [json.loads(line) async for line in lines if line]
+    assert "error" not in rest[-1]
+    assert rest[-1]["done"] is True
+    assert rest[-1]["eval_count"] == 200
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"repeat_last_n": -2}, "repeat_last_n"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_p": float("inf")}, "top_p"),
+    ],
+)
+def test_out_of_range_options_are_400(
+    gguf_server: RunningServer, options: dict[str, float], fragment: str
+) -> None:
+    body = json.dumps(
+        {"model": MODEL, "prompt": "x", "options": options}
+    )  # NaN/Infinity as Python writes them
+    response = httpx.post(
+        gguf_server.url + "/api/generate", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert set(response.json()) == {"error"}
+    assert fragment in response.json()["error"]
+
+
+def test_huge_numeric_options_are_clamped(client: ollama.Client) -> None:
+    """Values that would allocate per their size (a 2^28-token penalty window) run clamped to the context."""
+    options = {
+        "repeat_last_n": 2**28,
+        "repeat_penalty": 1.1,
+        "top_k": 2**40,
+        "seed": 2**70,
+        "num_predict": 3,
+    }
+    result = client.generate(model=MODEL, prompt="clamp", options=options)
+    assert result.eval_count == 3
+    every = client.generate(model=MODEL, prompt="clamp", options={**options, "repeat_last_n": -1})
+    assert every.eval_count == 3
+
+
+@pytest.mark.parametrize(
+    ("stop", "fragment"),
+    [(["s"] * 17, "at most 16"), (["x" * 257], "at most 256 characters")],
+)
+def test_stop_lists_are_capped(gguf_server: RunningServer, stop: list[str], fragment: str) -> None:
+    response = httpx.post(
+        gguf_server.url + "/api/generate", json={"model": MODEL, "prompt": "x", "options": {"stop": stop}}
+    )
+    assert response.status_code == 400
+    assert set(response.json()) == {"error"}
+    assert "stop" in response.json()["error"]
+    assert fragment in response.json()["error"]
+    fine = httpx.post(
+        gguf_server.url + "/api/generate",
+        json={
+            "model": MODEL,
+            "prompt": "x",
+            "stream": False,
+            "options": {"stop": ["s"] * 16, "num_predict": 2},
+        },
+    )
+    assert fine.status_code == 200
+
+
+def test_oversized_format_schema_is_400(gguf_server: RunningServer) -> None:
+    schema = {"type": "object", "description": "x" * (64 * 1024)}
+    response = httpx.post(
+        gguf_server.url + "/api/chat",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "x"}], "format": schema},
+    )
+    assert response.status_code == 400
+    assert set(response.json()) == {"error"}
+    assert "format" in response.json()["error"]
+
+
+def test_rejected_grammar_is_not_dumped_to_stderr(
+    gguf_server: RunningServer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # A pattern escaping its end anchor (`^\$`) converts to GBNF that llama.cpp's parser rejects; the
+    # properties make that grammar large, which llama.cpp used to print whole to fd 2.
+    properties: dict[str, object] = {f"field_{i:04d}": {"type": "string"} for i in range(400)}
+    properties["bad"] = {"type": "string", "pattern": "^\\$"}
+    schema = {"type": "object", "properties": properties, "required": ["bad"]}
+    capfd.readouterr()
+    for _ in range(2):  # the second time comes from the cache of compiled schemas
+        response = httpx.post(
+            gguf_server.url + "/api/generate", json={"model": MODEL, "prompt": "x", "format": schema}
+        )
+        assert response.status_code == 400
+        assert "schema" in response.json()["error"]
+        assert len(response.json()["error"]) < 500
+    err = capfd.readouterr().err
+    assert "field_0399" not in err
+    assert len(err) < 2000
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/api/pull"),
+        ("POST", "/api/push"),
+        ("POST", "/api/create"),
+        ("POST", "/api/copy"),
+        ("DELETE", "/api/delete"),
+    ],
+)
+def test_model_management_says_the_cluster_manages_models(
+    gguf_server: RunningServer, method: str, path: str
+) -> None:
+    response = httpx.request(method, gguf_server.url + path, json={"model": "other:latest"})
+    assert response.status_code == 501
+    assert response.json() == {
+        "error": "models are managed by the cluster: change the SLMDeployment's spec.model "
+        "(kubectl edit slm NAME) instead"
+    }
+
+
+def test_client_pull_raises_the_cluster_message(client: ollama.Client) -> None:
+    with pytest.raises(ollama.ResponseError) as caught:
+        client.pull("other:latest")
+    assert caught.value.status_code == 501
+    assert "spec.model" in caught.value.error
+    with pytest.raises(ollama.ResponseError) as deleted:
+        client.delete(MODEL)
+    assert deleted.value.status_code == 501
+
+
+def test_grammars_compile_off_the_event_loop_once_per_schema(
+    gguf_server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compiled_on: list[str] = []
+    compile_schema = GrammarCache._compile
+
+    def recording(self: GrammarCache, key: str) -> Grammar | str:
+        compiled_on.append(threading.current_thread().name)
+        return compile_schema(self, key)
+
+    monkeypatch.setattr(GrammarCache, "_compile", recording)
+    schema = {
+        "type": "object",
+        "properties": {"only_here_7f3a": {"type": "integer"}},
+        "required": ["only_here_7f3a"],
+    }
+    for _ in range(2):
+        response = httpx.post(
+            gguf_server.url + "/api/generate",
+            json={
+                "model": MODEL,
+                "prompt": "x",
+                "format": schema,
+                "stream": False,
+                "options": {"num_predict": 3},
+            },
+        )
+        assert response.status_code == 200, response.text
+    assert len(compiled_on) == 1  # the second request and the worker found it cached
+    assert not compiled_on[0].startswith("uvicorn")  # the server's event loop runs on that thread

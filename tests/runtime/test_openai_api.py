@@ -206,3 +206,70 @@ def test_prefix_cache_reuses_a_conversation(gguf_server: RunningServer) -> None:
     assert cached >= first.usage.prompt_tokens - 12
     assert cached < second.usage.prompt_tokens
     assert gguf_server.metric("slm_prefix_cache_hits_total") >= hits_before + cached
+
+
+def _chat(**extra: object) -> dict[str, object]:
+    return {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2, **extra}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/chat/completions", _chat(stop=["s"] * 17), "stop"),
+        ("/v1/chat/completions", _chat(stop="x" * 257), "stop"),
+        (
+            "/v1/chat/completions",
+            _chat(
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": "big", "schema": {"type": "object", "description": "x" * 65536}},
+                }
+            ),
+            "response_format",
+        ),
+        ("/v1/chat/completions", _chat(n=2), "n"),
+        ("/v1/chat/completions", _chat(logprobs=True), "logprobs"),
+        ("/v1/chat/completions", _chat(top_logprobs=3), "top_logprobs"),
+        ("/v1/chat/completions", _chat(tool_choice="required"), "tool_choice"),
+        (
+            "/v1/chat/completions",
+            _chat(tool_choice={"type": "function", "function": {"name": "f"}}),
+            "tool_choice",
+        ),
+        ("/v1/chat/completions", _chat(logit_bias={"5": 10}), "logit_bias"),
+        ("/v1/completions", {"model": MODEL, "prompt": "x", "logprobs": 2}, "logprobs"),
+        ("/v1/completions", {"model": MODEL, "prompt": "x", "n": 3}, "n"),
+        ("/v1/completions", {"model": MODEL, "prompt": "x", "best_of": 2}, "best_of"),
+        ("/v1/completions", {"model": MODEL, "prompt": "x", "suffix": "tail"}, "suffix"),
+    ],
+)
+def test_unsupported_fields_are_refused_by_name(
+    gguf_server: RunningServer, path: str, body: dict[str, object], param: str
+) -> None:
+    response = httpx.post(gguf_server.url + path, json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert error["code"] is None
+    assert param in error["message"]
+
+
+def test_harmless_fields_still_work(client: openai.OpenAI, gguf_server: RunningServer) -> None:
+    result = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "x"}],
+        max_tokens=2,
+        n=1,
+        logprobs=False,
+        tool_choice="auto",
+        user="someone",
+        parallel_tool_calls=False,
+        stop=["s"] * 16,
+    )
+    assert result.choices[0].finish_reason == "length"
+    explicit_nulls = _chat(n=None, logprobs=None, top_logprobs=None, tool_choice=None, logit_bias=None)
+    response = httpx.post(gguf_server.url + "/v1/chat/completions", json=explicit_nulls)
+    assert response.status_code == 200, response.text
+    text = client.completions.create(model=MODEL, prompt="x", max_tokens=2, n=1, best_of=1, logprobs=None)
+    assert text.choices[0].finish_reason == "length"

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from slm_runtime.backends.base import StopMatcher
+from slm_runtime.backends.base import SamplingOptions, StopMatcher
 from slm_runtime.errors import ApiError
 from slm_runtime.options import sampling_from_ollama, sampling_from_openai
 from slm_runtime.routes.ollama import parse_keep_alive
@@ -74,22 +74,28 @@ async def test_cancelled_waiter_leaves_the_queue() -> None:
 
 
 def test_option_mapping_and_defaults() -> None:
-    options = sampling_from_ollama({"temperature": 0, "num_predict": 5, "stop": "x", "num_ctx": 8192})
+    options = sampling_from_ollama(
+        {"temperature": 0, "num_predict": 5, "stop": "x", "num_ctx": 8192}, context_length=64
+    )
     assert (options.temperature, options.max_tokens, options.stop) == (0.0, 5, ("x",))
-    assert sampling_from_ollama({"seed": -1}).seed is None
-    openai = sampling_from_openai({"temperature": 0.1, "top_k": 5}, {"max_tokens": 3, "stop": ["a", "b"]})
+    assert sampling_from_ollama({"seed": -1}, context_length=64).seed is None
+    openai = sampling_from_openai(
+        {"temperature": 0.1, "top_k": 5}, {"max_tokens": 3, "stop": ["a", "b"]}, context_length=64
+    )
     assert (openai.temperature, openai.top_k, openai.max_tokens, openai.stop) == (0.1, 5, 3, ("a", "b"))
     schema = {"type": "object"}
     assert (
         sampling_from_openai(
-            {}, {"response_format": {"type": "json_schema", "json_schema": {"schema": schema}}}
+            {},
+            {"response_format": {"type": "json_schema", "json_schema": {"schema": schema}}},
+            context_length=64,
         ).json_schema
         == schema
     )
     with pytest.raises(ApiError):
-        sampling_from_ollama({"top_k": 1.5})
+        sampling_from_ollama({"top_k": 1.5}, context_length=64)
     with pytest.raises(ApiError):
-        sampling_from_ollama({"temperature": True})
+        sampling_from_ollama({"temperature": True}, context_length=64)
 
 
 @pytest.mark.parametrize(
@@ -103,3 +109,34 @@ def test_keep_alive(value: str | int | None, seconds: float | None) -> None:
 def test_bad_keep_alive() -> None:
     with pytest.raises(ApiError):
         parse_keep_alive("soon")
+
+
+def test_numeric_options_are_bounded_by_the_context() -> None:
+    def ollama(options: dict[str, object]) -> SamplingOptions:
+        return sampling_from_ollama(options, context_length=1024)
+
+    assert ollama({"repeat_last_n": 2**28}).repeat_last_n == 1024
+    assert ollama({"repeat_last_n": -1}).repeat_last_n == 1024  # Ollama: -1 means the whole context
+    assert ollama({"repeat_last_n": 0}).repeat_last_n == 0
+    assert ollama({"num_predict": 2**40}).max_tokens == 1024
+    assert ollama({"num_predict": -2}).max_tokens == -1
+    assert ollama({"top_k": 2**40}).top_k == 2**31 - 1
+    assert ollama({"top_k": -1}).top_k == 0
+    assert ollama({"seed": 2**70 + 5}).seed == 5  # llama.cpp seeds are 32-bit
+    bad_options: list[dict[str, object]] = [
+        {"repeat_last_n": -2},
+        {"temperature": float("inf")},
+        {"min_p": float("nan")},
+    ]
+    for bad in bad_options:
+        with pytest.raises(ApiError) as caught:
+            ollama(bad)
+        assert caught.value.param == next(iter(bad))
+
+
+def test_stop_lists_are_capped() -> None:
+    assert len(sampling_from_ollama({"stop": ["a"] * 16}, context_length=64).stop) == 16
+    for stop in (["a"] * 17, ["b" * 257]):
+        with pytest.raises(ApiError) as caught:
+            sampling_from_openai({}, {"stop": stop}, context_length=64)
+        assert caught.value.param == "stop"

@@ -126,3 +126,11 @@ def test_sigterm_drains_in_flight_requests(tiny_gguf: Path) -> None:
         stderr = process.stderr.read() if process.stderr else ""
     logs = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     assert any(entry.get("path") == "/api/generate" and entry.get("status") == 200 for entry in logs)
+
+
+def test_api_key_surrounding_whitespace_is_stripped(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SLM_API_KEY", "  from-a-secret\n")
+    settings = ServeSettings(model=tmp_path / "m.gguf")
+    assert settings.api_key == "from-a-secret"
+    assert ServeSettings(model=tmp_path / "m.gguf", api_key="\tk\r\n").api_key == "k"
+    assert "whitespace" in (ServeSettings.model_fields["api_key"].description or "")

@@ -20,8 +20,10 @@ class ContextLengthExceededError(BackendError):
     """The prompt does not fit the context window."""
 
 
-def check_prompt(prompt_tokens: Sequence[int], *, generative: bool, context_length: int) -> None:
-    """What every backend refuses before generating: no generator, no prompt, no room."""
+def check_prompt(
+    prompt_tokens: Sequence[int], *, generative: bool, context_length: int, vocab_size: int = 0
+) -> None:
+    """What every backend refuses before generating: no generator, no prompt, no room, unknown ids."""
     if not generative:
         raise BackendError("this model only supports embeddings")
     if not prompt_tokens:
@@ -30,6 +32,10 @@ def check_prompt(prompt_tokens: Sequence[int], *, generative: bool, context_leng
         raise ContextLengthExceededError(
             f"prompt is {len(prompt_tokens)} tokens; the context window is {context_length}"
         )
+    if vocab_size:  # an id outside the vocabulary fails the whole decode step, other requests' too
+        bad = next((t for t in prompt_tokens if not 0 <= t < vocab_size), None)
+        if bad is not None:
+            raise BackendError(f"token id {bad} is outside the model's vocabulary (0 to {vocab_size - 1})")
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,7 @@ class ModelDetails:
     device: str
     execution_provider: str
     warnings: tuple[str, ...] = ()
+    vocab_size: int = 0  # token ids run 0..vocab_size-1; 0 = unknown (nothing to check against)
 
 
 class Backend(Protocol):

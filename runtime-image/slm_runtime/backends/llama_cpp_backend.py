@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import codecs
 import ctypes
-import json
 import logging
 import threading
 import time
@@ -26,7 +25,6 @@ import numpy as np
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from llama_cpp import _internals as _llama_internals
 from llama_cpp._utils import suppress_stdout_stderr
-from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
 from slm_runtime.backends.base import (
     BackendError,
@@ -39,6 +37,7 @@ from slm_runtime.backends.base import (
     check_prompt,
     format_parameter_count,
 )
+from slm_runtime.backends.grammars import GrammarCache
 from slm_runtime.gguf_header import FILE_TYPE_NAMES
 from slm_runtime.settings import ServeSettings
 
@@ -111,6 +110,7 @@ class LlamaCppBackend:
             path_model=str(settings.model), params=model_params, verbose=verbose
         )
         self._vocab = self._model.vocab
+        self._grammars = GrammarCache(self._vocab)
         self._metadata = self._model.metadata()
         arch = self._metadata.get("general.architecture", "")
         self._generative = arch not in _EMBEDDING_ARCHS
@@ -175,6 +175,7 @@ class LlamaCppBackend:
             device="gpu" if gpu and model_params.n_gpu_layers > 0 else "cpu",
             execution_provider="",
             warnings=tuple(warnings),
+            vocab_size=self._model.n_vocab(),
         )
         for warning in warnings:
             log.warning(warning)
@@ -224,10 +225,13 @@ class LlamaCppBackend:
     # -- generation --------------------------------------------------------------------------------
 
     def validate(self, prompt_tokens: Sequence[int], options: SamplingOptions) -> None:
-        check_prompt(prompt_tokens, generative=self._generative, context_length=self._context_length)
-        grammar = self._grammar_for(options)  # a bad schema fails the request here, not in the worker
-        if grammar is not None:
-            llama_cpp.llama_sampler_free(grammar)
+        check_prompt(
+            prompt_tokens,
+            generative=self._generative,
+            context_length=self._context_length,
+            vocab_size=self.details.vocab_size,
+        )
+        self._grammars.get(options)  # a bad schema fails the request here, not in the worker
 
     def submit(self, job: GenerationJob) -> None:
         self.validate(job.prompt_tokens, job.options)
@@ -235,29 +239,11 @@ class LlamaCppBackend:
             self._pending.append(job)
             self._wake.notify()
 
-    def _grammar_for(self, options: SamplingOptions) -> Any:
-        """A llama.cpp grammar sampler for `format`/`response_format`, or None; the caller owns it."""
-        try:
-            if options.json_schema is not None:
-                grammar = LlamaGrammar.from_json_schema(json.dumps(options.json_schema), verbose=False)
-            elif options.json_mode:
-                grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-            else:
-                return None
-        except Exception as exc:
-            raise BackendError(f"cannot build a grammar from the JSON schema: {exc}") from exc
-        sampler = llama_cpp.llama_sampler_init_grammar(
-            self._vocab, grammar._grammar.encode(), grammar._root.encode()
-        )
-        if not sampler:
-            raise BackendError("the JSON schema gives a grammar llama.cpp cannot parse")
-        return sampler
-
     def _sampler_for(self, options: SamplingOptions) -> Any:
+        grammar = self._grammars.get(options)  # compiled (and cached) when the request was checked
         sampler = _internals.LlamaSampler()
-        grammar = self._grammar_for(options)
-        if grammar is not None:
-            llama_cpp.llama_sampler_chain_add(sampler.sampler, grammar)  # the chain owns it now
+        if grammar is not None:  # the chain owns the grammar sampler from here on
+            llama_cpp.llama_sampler_chain_add(sampler.sampler, self._grammars.sampler(grammar))
         if (
             options.repeat_penalty != 1.0
             or options.frequency_penalty != 0.0
@@ -265,7 +251,8 @@ class LlamaCppBackend:
         ):
             sampler.add_penalties(
                 self._model.n_vocab(),
-                options.repeat_last_n,
+                # A ring buffer of this many tokens; the request edge clamps it already, this guards other callers.
+                max(0, min(options.repeat_last_n, self._context_length)),
                 options.repeat_penalty,
                 options.frequency_penalty,
                 options.presence_penalty,
@@ -295,7 +282,7 @@ class LlamaCppBackend:
                 continue
             try:
                 sampler = self._sampler_for(job.options)
-            except BackendError as exc:
+            except Exception as exc:  # this request's problem: fail it alone, before it joins the batch
                 job.emit_error(str(exc))
                 continue
             prompt = job.prompt_tokens
@@ -390,6 +377,9 @@ class LlamaCppBackend:
         if not running:
             return True
         # Build one batch: generating sequences first (one token each), then prompt chunks.
+        # Where each sequence stood before, and its span in the batch, in case the decode fails.
+        before = {s.seq_id: (s.prompt_pos, s.n_past, len(s.cached), s.next_token) for s in running.values()}
+        spans: dict[int, tuple[int, int]] = {}
         n = 0
         for seq in running.values():
             seq.batch_index = -1
@@ -397,11 +387,13 @@ class LlamaCppBackend:
                 _batch_add(batch, n, seq.next_token, seq.n_past, seq.seq_id, True)
                 seq.cached.append(seq.next_token)
                 seq.batch_index = n
+                spans[seq.seq_id] = (n, n + 1)
                 seq.n_past += 1
                 seq.next_token = None
                 n += 1
         for seq in running.values():
             prompt = seq.job.prompt_tokens
+            start = n
             while seq.prompt_pos < len(prompt) and n < self._batch_capacity:
                 last = seq.prompt_pos == len(prompt) - 1
                 _batch_add(batch, n, prompt[seq.prompt_pos], seq.n_past, seq.seq_id, last)
@@ -411,16 +403,14 @@ class LlamaCppBackend:
                 seq.prompt_pos += 1
                 seq.n_past += 1
                 n += 1
+            if n > start:
+                spans[seq.seq_id] = (start, n)
         if n == 0:
             return True
         batch.n_tokens = n
         rc = llama_cpp.llama_decode(ctx.ctx, batch)
         if rc != 0:
-            message = "the KV cache is full" if rc == 1 else f"llama_decode failed ({rc})"
-            log.error("decode failed: %s; failing %d sequences", message, len(running))
-            for seq in list(running.values()):
-                seq.job.emit_error(message)
-                self._finish(running, seq, "error")
+            self._decode_failed(running, rc, spans, before)
             return True
         for seq in list(running.values()):
             if seq.batch_index < 0:
@@ -445,6 +435,38 @@ class LlamaCppBackend:
             else:
                 seq.next_token = token
         return True
+
+    def _decode_failed(
+        self,
+        running: dict[int, _Sequence],
+        rc: int,
+        spans: dict[int, tuple[int, int]],
+        before: dict[int, tuple[int, int, int, int | None]],
+    ) -> None:
+        """Fails the sequences whose tokens broke the step; the others go back to retry it.
+
+        Only when no sequence can be blamed (e.g. a backend fault) does every running one fail.
+        """
+        batch, n_vocab = self._batch.batch, self.details.vocab_size
+        message = "the KV cache is full" if rc == 1 else f"llama_decode failed ({rc})"
+        culprits = [
+            seq
+            for seq in running.values()
+            if any(not 0 <= batch.token[i] < n_vocab for i in range(*spans.get(seq.seq_id, (0, 0))))
+        ]
+        if culprits:
+            message = f"the prompt holds a token id outside the vocabulary ({message})"
+        else:
+            culprits = list(running.values())
+        log.error("decode failed: %s; failing %d of %d sequences", message, len(culprits), len(running))
+        for seq in culprits:
+            seq.job.emit_error(message)
+            self._finish(running, seq, "error")
+        for seq in running.values():
+            seq.prompt_pos, seq.n_past, kept, seq.next_token = before[seq.seq_id]
+            del seq.cached[kept:]
+            # After some failures llama.cpp keeps the ubatches it managed; drop them, they are redone.
+            llama_cpp.llama_memory_seq_rm(self._ctx.memory, seq.seq_id, seq.n_past, -1)
 
     # -- embeddings --------------------------------------------------------------------------------
 

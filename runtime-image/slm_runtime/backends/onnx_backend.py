@@ -155,6 +155,7 @@ class OnnxBackend:
             device=settings.device if provider_key != "cpu" else "cpu",
             execution_provider=PROVIDERS[provider_key][0],
             warnings=tuple(warnings),
+            vocab_size=int(model_info.get("onnx.vocab_size") or 0),
         )
 
     def tokenize(self, text: str, *, add_special: bool) -> list[int]:
@@ -177,7 +178,12 @@ class OnnxBackend:
         return rendered
 
     def validate(self, prompt_tokens: Sequence[int], options: SamplingOptions) -> None:
-        check_prompt(prompt_tokens, generative=self._generative, context_length=self._context_length)
+        check_prompt(
+            prompt_tokens,
+            generative=self._generative,
+            context_length=self._context_length,
+            vocab_size=self.details.vocab_size,
+        )
 
     def submit(self, job: GenerationJob) -> None:
         self.validate(job.prompt_tokens, job.options)

@@ -15,7 +15,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from slm_runtime.backends.base import BackendError, ContextLengthExceededError, GenerationStats
+from slm_runtime.backends.base import (
+    BackendError,
+    ContextLengthExceededError,
+    GenerationStats,
+    SamplingOptions,
+)
 from slm_runtime.errors import ApiError
 from slm_runtime.options import merge_ollama_options, ollama_format, sampling_from_ollama
 from slm_runtime.runtime import (
@@ -189,6 +194,32 @@ def _check_unsupported(runtime: Runtime, images: list[str] | None, think: bool |
         raise ApiError(400, f'"{runtime.model_name}" does not support thinking')
 
 
+def _sampling(
+    runtime: Runtime, options: dict[str, Any] | None, response_format: str | dict[str, Any] | None
+) -> SamplingOptions:
+    json_mode, schema = ollama_format(response_format)
+    return sampling_from_ollama(
+        merge_ollama_options(runtime.settings.default_parameters, options),
+        context_length=runtime.require_backend().details.context_length,
+        json_mode=json_mode,
+        json_schema=schema,
+    )
+
+
+def _checked_context(vocab_size: int, context: list[int] | None) -> list[int]:
+    """`context` comes back from the client; an id outside the vocabulary would fail the decode."""
+    tokens = list(context or [])
+    if vocab_size:
+        for token in tokens:
+            if not 0 <= token < vocab_size:
+                raise ApiError(
+                    400,
+                    f"context holds token id {token}, outside the model's vocabulary (0 to {vocab_size - 1})",
+                    param="context",
+                )
+    return tokens
+
+
 def _tokenize(runtime: Runtime, text: str) -> list[int]:
     try:
         return runtime.require_backend().tokenize(text, add_special=True)
@@ -287,12 +318,7 @@ def build_router() -> APIRouter:
                 "done_reason": reason,
             }
         _check_unsupported(runtime, body.images, body.think)
-        json_mode, schema = ollama_format(body.format)
-        options = sampling_from_ollama(
-            merge_ollama_options(runtime.settings.default_parameters, body.options),
-            json_mode=json_mode,
-            json_schema=schema,
-        )
+        options = _sampling(runtime, body.options, body.format)
         if body.raw:
             text = body.prompt
         else:
@@ -301,8 +327,9 @@ def build_router() -> APIRouter:
                 text = backend.render_chat(messages, None)
             except BackendError as exc:
                 raise ApiError(400, str(exc)) from exc
-        prompt_tokens = list(body.context or []) + _tokenize(runtime, text)
-        ticket = runtime.start(prompt_tokens, options)
+        context = _checked_context(backend.details.vocab_size, body.context)
+        prompt_tokens = context + _tokenize(runtime, text)
+        ticket = await runtime.start(prompt_tokens, options)
         stream = generate(runtime, request, ticket, prompt_tokens, options)
         model = runtime.model_name
 
@@ -344,19 +371,14 @@ def build_router() -> APIRouter:
         for message in body.messages:
             _check_unsupported(runtime, message.images, None)
         _check_unsupported(runtime, None, body.think)
-        json_mode, schema = ollama_format(body.format)
-        options = sampling_from_ollama(
-            merge_ollama_options(runtime.settings.default_parameters, body.options),
-            json_mode=json_mode,
-            json_schema=schema,
-        )
+        options = _sampling(runtime, body.options, body.format)
         messages = chat_messages(runtime, [m.model_dump(exclude_none=True) for m in body.messages])
         try:
             text = backend.render_chat(messages, body.tools)
         except BackendError as exc:
             raise ApiError(400, str(exc)) from exc
         prompt_tokens = _tokenize(runtime, text)
-        ticket = runtime.start(prompt_tokens, options)
+        ticket = await runtime.start(prompt_tokens, options)
         stream = generate(runtime, request, ticket, prompt_tokens, options)
 
         def final(stats: GenerationStats, content: str) -> dict[str, Any]:
@@ -381,6 +403,8 @@ def build_router() -> APIRouter:
             }
 
         return _ndjson(_chunks(stream, partial, final), ticket)
+
+    _model_management(router)
 
     @router.post("/api/embed")
     async def embed(request: Request, body: EmbedRequest) -> dict[str, Any]:
@@ -416,6 +440,34 @@ def build_router() -> APIRouter:
     return router
 
 
+# Models come from the SLMDeployment; a client pulling or deleting one here would diverge from it.
+MANAGED_BY_CLUSTER = (
+    "models are managed by the cluster: change the SLMDeployment's spec.model (kubectl edit slm NAME) instead"
+)
+_MANAGEMENT_ROUTES = {
+    "/api/pull": "POST",
+    "/api/push": "POST",
+    "/api/create": "POST",
+    "/api/copy": "POST",
+    "/api/delete": "DELETE",
+    "/api/blobs/{digest}": "POST",
+}
+
+
+def _model_management(router: APIRouter) -> None:
+    """Ollama's model-management routes answer 501 Not Implemented with the way to do it instead.
+
+    501, not 405: the method is right and there is no other method to list in Allow; this server
+    does not do model management at all. Not 403: no credential would make it work.
+    """
+
+    async def refuse() -> None:
+        raise ApiError(501, MANAGED_BY_CLUSTER)
+
+    for path, method in _MANAGEMENT_ROUTES.items():
+        router.add_api_route(path, refuse, methods=[method, "HEAD"] if "blobs" in path else [method])
+
+
 def _truncate_dimensions(vector: list[float], dimensions: int) -> list[float]:
     cut = vector[:dimensions]
     norm = sum(x * x for x in cut) ** 0.5
@@ -427,7 +479,8 @@ async def embed_texts(runtime: Runtime, texts: list[str], *, truncate: bool) -> 
     if "embedding" not in backend.details.capabilities:
         raise ApiError(400, f"model '{runtime.model_name}' does not support embeddings")
     try:
-        vectors, tokens = await asyncio.to_thread(backend.embed, texts, truncate=truncate)
+        async with runtime.slot():
+            vectors, tokens = await asyncio.to_thread(backend.embed, texts, truncate=truncate)
     except ContextLengthExceededError as exc:
         raise ApiError(400, str(exc), param="input", code="context_length_exceeded") from exc
     except BackendError as exc:

@@ -45,7 +45,7 @@ class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(default=1, ge=1, le=1)
+    n: int | None = None
     tools: list[dict[str, Any]] | None = None
 
 
@@ -54,7 +54,7 @@ class CompletionRequest(_Request):
     prompt: str | list[str]
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(default=1, ge=1, le=1)
+    n: int | None = None
     echo: bool = False
 
 
@@ -89,6 +89,36 @@ def _text_content(content: str | list[dict[str, Any]] | None) -> str:
             raise ApiError(400, f"content part type {part.get('type')!r} is not supported", param="messages")
         parts.append(str(part.get("text", "")))
     return "".join(parts)
+
+
+def _refuse_unsupported(raw: dict[str, Any], *, chat: bool) -> None:
+    """Fields that would change the answer but are not implemented are refused by name, not dropped.
+
+    Their neutral values (n 1, logprobs false, tool_choice auto or none, null) pass, as clients send them.
+    """
+    refusals: list[tuple[str, bool, str]] = [
+        ("n", raw.get("n") not in (None, 1), "only one choice per request is supported"),
+        ("logit_bias", bool(raw.get("logit_bias")), "token biases are not supported"),
+    ]
+    if chat:
+        refusals += [
+            ("logprobs", raw.get("logprobs") not in (None, False), "log probabilities are not supported"),
+            ("top_logprobs", raw.get("top_logprobs") not in (None, 0), "log probabilities are not supported"),
+            (
+                "tool_choice",
+                raw.get("tool_choice") not in (None, "auto", "none"),
+                'only "auto" and "none" are supported; the model is not forced to call a tool',
+            ),
+        ]
+    else:
+        refusals += [
+            ("logprobs", raw.get("logprobs") is not None, "log probabilities are not supported"),
+            ("best_of", raw.get("best_of") not in (None, 1), "only one candidate per request is supported"),
+            ("suffix", bool(raw.get("suffix")), "completing between a prompt and a suffix is not supported"),
+        ]
+    for name, refused, reason in refusals:
+        if refused:
+            raise ApiError(400, f"{name}: {reason}", param=name)
 
 
 def _sse(events: AsyncGenerator[dict[str, Any], None], ticket: Ticket) -> ClosingStreamingResponse:
@@ -127,7 +157,10 @@ def build_router() -> APIRouter:
         runtime.check_model(body.model)
         backend = runtime.require_backend()
         raw = body.model_dump()
-        options = sampling_from_openai(runtime.settings.default_parameters, raw)
+        _refuse_unsupported(raw, chat=True)
+        options = sampling_from_openai(
+            runtime.settings.default_parameters, raw, context_length=backend.details.context_length
+        )
         messages = []
         for m in body.messages:
             entry: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role}
@@ -142,7 +175,7 @@ def build_router() -> APIRouter:
             prompt_tokens = backend.tokenize(text, add_special=True)
         except BackendError as exc:
             raise ApiError(400, str(exc), param="messages") from exc
-        ticket = runtime.start(prompt_tokens, options)
+        ticket = await runtime.start(prompt_tokens, options)
         stream = generate(runtime, request, ticket, prompt_tokens, options)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
@@ -208,12 +241,16 @@ def build_router() -> APIRouter:
             prompt = body.prompt[0]
         else:
             prompt = body.prompt
-        options = sampling_from_openai(runtime.settings.default_parameters, body.model_dump())
+        raw = body.model_dump()
+        _refuse_unsupported(raw, chat=False)
+        options = sampling_from_openai(
+            runtime.settings.default_parameters, raw, context_length=backend.details.context_length
+        )
         try:
             prompt_tokens = backend.tokenize(prompt, add_special=True)
         except BackendError as exc:
             raise ApiError(400, str(exc), param="prompt") from exc
-        ticket = runtime.start(prompt_tokens, options)
+        ticket = await runtime.start(prompt_tokens, options)
         stream = generate(runtime, request, ticket, prompt_tokens, options)
         completion_id = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
