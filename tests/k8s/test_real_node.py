@@ -23,6 +23,7 @@ import pytest
 import realnode
 import realpods
 from localcluster import LocalCluster
+from slm_operator.naming import cache_claim_name
 from tests.k8s.conftest import wait_for
 
 pytestmark = [pytest.mark.k8s, pytest.mark.realnode, pytest.mark.slow]
@@ -315,7 +316,7 @@ def test_unwritable_cache_claim_names_the_cause_and_the_fix(e2e: E2E, tmp_path: 
     folder.mkdir(parents=True)
     folder.chmod(0o755)  # root:root 0755, as kubelet makes a hostPath folder; fsGroup does not apply
     pv = f"root-owned-{e2e.namespace}"[:63]
-    claim = f"{name}-cache"
+    claim = cache_claim_name(name)  # the claim the operator would make: it adopts this one
     e2e.cluster.apply([
         {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
          "spec": {"capacity": {"storage": "20Gi"}, "accessModes": ["ReadWriteOnce"],
