@@ -83,7 +83,7 @@ async def _resync_forever() -> None:
     """A periodic pass over every object: catches anything a missed event left behind."""
     while True:
         await asyncio.sleep(RESYNC_SECONDS)
-        reconciler().enqueue_all()
+        reconciler().resync()
 
 
 @kopf.index("nodes")

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+import aiohttp
 from kubernetes_asyncio import client, config
 
 from slm_operator.metrics import OperatorMetrics
@@ -133,8 +134,10 @@ class Kubernetes:
             with contextlib.suppress(TypeError, ValueError, AttributeError):
                 message = json.loads(error.body or b"{}").get("message", message)
             raise ApiError(int(error.status or 0), f"{method} {path}: {message}") from error
-        except (TimeoutError, OSError) as error:
-            raise ApiError(0, f"{method} {path}: {error}") from error
+        except (TimeoutError, OSError, aiohttp.ClientError) as error:
+            # No answer: a timeout, a refused connection, or the apiserver going away mid-request
+            # (aiohttp.ServerDisconnectedError is not an OSError).
+            raise ApiError(0, f"{method} {path}: {type(error).__name__}: {error}") from error
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -16,7 +16,7 @@ class OperatorMetrics:
         )
         self.reconcile_errors = Counter(
             "slm_operator_reconcile_errors_total",
-            "Reconciles that failed on an API error and were retried with backoff.",
+            "Reconciles that failed (an API error, a lost connection, any exception) and were retried with backoff.",
             registry=self.registry,
         )
         self.reconcile_duration = Histogram(

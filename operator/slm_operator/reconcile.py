@@ -232,15 +232,16 @@ class Reconciler:
             try:
                 result = await self.reconcile(key)
             except ApiError as error:
-                failures = self._failures.get(key, 0) + 1
-                self._failures[key] = failures
-                delay = min(2.0**failures, 300.0)
-                self.metrics.reconcile_errors.inc()
-                self.metrics.reconciles.labels(result="error").inc()
+                delay = self._failed(key)
                 log.warning(
                     "reconcile of %s/%s failed (retry in %.0fs): %s", key[0], key[1], delay, error.message
                 )
-                self.enqueue_after(key, delay)
+                return
+            except Exception:
+                # Anything else (a transport error the client did not wrap, a bug): counted and retried
+                # like an API error, never lost as an unretrieved task exception.
+                delay = self._failed(key)
+                log.exception("reconcile of %s/%s failed (retry in %.0fs)", key[0], key[1], delay)
                 return
             finally:
                 self.metrics.reconcile_duration.observe(time.perf_counter() - started)
@@ -257,6 +258,26 @@ class Reconciler:
                 )
             if result.requeue_after is not None:
                 self.enqueue_after(key, result.requeue_after)
+
+    def _failed(self, key: Key) -> float:
+        """Count a failed reconcile and schedule the retry (doubling, at most 5 minutes); the delay."""
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        delay = min(2.0**failures, 300.0)
+        self.metrics.reconcile_errors.inc()
+        self.metrics.reconciles.labels(result="error").inc()
+        self.enqueue_after(key, delay)
+        return delay
+
+    def resync(self) -> None:
+        """A periodic pass over every object with the children read afresh.
+
+        The child cache is only as good as the watch: after a watch outage Kopf re-lists without
+        DELETED events, so a child deleted meanwhile would stay remembered. Forgetting them makes
+        the next pass GET each child, and a missing one is created again.
+        """
+        self.children.clear()
+        self.enqueue_all()
 
     # --- the reconcile itself ---------------------------------------------------------------
     async def reconcile(self, key: Key) -> ReconcileResult:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import pytest
 
 from slm_operator.catalog import Catalog
-from slm_operator.k8s import ApiError
+from slm_operator.k8s import ApiError, Kubernetes
 from slm_operator.metrics import OperatorMetrics
 from slm_operator.reconcile import (
     CACHED_MODELS_ANNOTATION,
@@ -623,3 +625,75 @@ async def test_a_runtime_that_keeps_failing_shows_in_ready(api: FakeApi, reconci
     assert [w for w in api.writes if w.startswith(("delete", "annotate PersistentVolumeClaim"))] == [
         "annotate PersistentVolumeClaim/assistant-model-cache"  # the first caching only
     ]
+
+
+# --- failures that are not API errors, and children lost while the watch was down --------------
+
+
+def reconcile_errors(reconciler: Reconciler) -> float:
+    value = reconciler.metrics.registry.get_sample_value("slm_operator_reconcile_errors_total")
+    return float(value or 0.0)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [aiohttp.ServerDisconnectedError(), RuntimeError("a bug")],
+    ids=["server-disconnected", "any-exception"],
+)
+async def test_any_exception_in_a_reconcile_is_counted_and_retried(
+    api: FakeApi, reconciler: Reconciler, error: Exception
+) -> None:
+    api.put(slm_body(SPEC))
+    reconciler.debounce_seconds = 0
+    calls: list[int] = []
+
+    async def failing_once(key: tuple[str, str]) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        return await Reconciler.reconcile(reconciler, key)
+
+    reconciler.reconcile = failing_once  # type: ignore[method-assign]
+    reconciler.enqueue(KEY)
+    await reconciler.idle()
+    assert reconcile_errors(reconciler) == 1.0
+    timer = reconciler._timers[KEY]  # the retry, after the first backoff step
+    loop = asyncio.get_running_loop()
+    assert timer.when() - loop.time() == pytest.approx(2.0, abs=0.5)
+    timer.cancel()
+    reconciler.enqueue(KEY)  # what the timer does when it fires
+    await reconciler.idle()
+    assert len(calls) == 2
+    assert ("Deployment", "ai", "assistant") not in api.objects  # not fetched yet, but converging
+    assert api.objects[("PersistentVolumeClaim", "ai", "assistant-model-cache")]
+
+
+async def test_the_api_client_wraps_a_dropped_connection_as_an_api_error() -> None:
+    class DroppingClient:
+        async def call_api(self, *args: Any, **kwargs: Any) -> Any:
+            raise aiohttp.ServerDisconnectedError()
+
+    kube = Kubernetes(DroppingClient())  # type: ignore[arg-type]
+    with pytest.raises(ApiError) as raised:
+        await kube.get("Service", "ai", "assistant")
+    assert raised.value.status == 0
+    assert "ServerDisconnectedError" in raised.value.message
+
+
+async def test_a_resync_recreates_a_child_deleted_while_the_watch_was_down(
+    api: FakeApi, reconciler: Reconciler
+) -> None:
+    api.put(slm_body(SPEC))
+    await reconciler.reconcile(KEY)
+    set_job_condition(api, "Complete")
+    watched(reconciler)
+    await reconciler.reconcile(KEY)
+    assert ("Service", "ai", "assistant") in api.objects
+    assert (await reconciler.reconcile(KEY)).applied == []  # converged; children remembered
+    del api.objects[("Service", "ai", "assistant")]  # deleted while no watch saw it
+    assert (await reconciler.reconcile(KEY)).applied == []  # the cache still has it
+    reconciler.debounce_seconds = 0
+    reconciler.known.add(KEY)  # as the SLMDeployment watch recorded it
+    reconciler.resync()
+    await reconciler.idle()
+    assert ("Service", "ai", "assistant") in api.objects
