@@ -22,6 +22,7 @@ containernetworking-plugins iptables conntrack iproute2`` (installed when missin
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -288,8 +289,25 @@ def _kube_proxy_config(kubeconfig: Path, ports: dict[str, int]) -> dict[str, Any
     }
 
 
+# A unix socket's path holds at most 107 bytes, and containerd adds ".ttrpc" to its own.
+_SOCKET_PATH_LIMIT = 100
+
+
 def socket_path(state: Path) -> Path:
-    return state / "containerd" / "containerd.sock"
+    """containerd's socket: in the state folder, or, when that path is too long for a unix socket
+    (a deep pytest tmp_path), in a folder under /run named after the state folder."""
+    default = state / "containerd" / "containerd.sock"
+    if len(str(default)) + len(".ttrpc") <= _SOCKET_PATH_LIMIT:
+        return default
+    digest = hashlib.sha256(str(state).encode()).hexdigest()[:12]
+    return Path("/run") / f"slm-containerd-{digest}" / "containerd.sock"
+
+
+def _remove_short_socket_dir(state: Path) -> None:
+    """The /run folder socket_path made for a long state path, once containerd is gone."""
+    folder = socket_path(state).parent
+    if folder != state / "containerd":
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def node_state(cluster_state: Path) -> Path:
@@ -306,6 +324,7 @@ def start(cluster: LocalCluster) -> dict[str, int]:
     pki = cluster.state_dir / "pki"
     for sub in ("containerd", "cni/net.d", "cni/ipam", "kubelet", "kube-proxy"):
         (state / sub).mkdir(parents=True, exist_ok=True)
+    socket_path(state).parent.mkdir(parents=True, exist_ok=True)
     localcluster.sign_client_cert(pki, "node", f"/O=system:nodes/CN=system:node:{NODE_NAME}")
     localcluster.sign_client_cert(pki, "kube-proxy", "/CN=system:kube-proxy")
     node_kubeconfig = state / "kubelet" / "kubeconfig"
@@ -467,6 +486,7 @@ def stop(cluster_state: Path, pids: dict[str, int], bin_dir: Path | None) -> Non
     for pid in _shim_pids(state):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    _remove_short_socket_dir(state)
 
 
 def restore_host(cluster_state: Path) -> list[str]:
@@ -475,6 +495,7 @@ def restore_host(cluster_state: Path) -> list[str]:
     Runs after the control plane stopped: the apiserver listens on the bridge this removes.
     """
     left: list[str] = []
+    _remove_short_socket_dir(node_state(cluster_state))  # also after a stop that never ran
     before = hoststate.load(cluster_state / "host-before.json")
     if before is not None:
         left = hoststate.restore(before, cluster_state)

@@ -98,3 +98,15 @@ def test_differences_names_every_kind_of_leftover() -> None:
 def test_real_node_pods_opt_in_with_a_toleration_and_a_selector() -> None:
     assert realnode.toleration() == {"key": "slm.dev/real-node", "operator": "Exists", "effect": "NoSchedule"}
     assert realnode.node_selector() == {"slm.dev/real-node": "true"}
+
+
+def test_containerd_socket_stays_within_the_unix_socket_limit(tmp_path: Path) -> None:
+    short = tmp_path / "c"
+    assert realnode.socket_path(short) == short / "containerd" / "containerd.sock"
+    deep = Path("/tmp/pytest-of-root/pytest-19/test_demo_serves_smollm2_on_a_0/demo/cluster/real-node")
+    path = realnode.socket_path(deep)
+    assert len(f"{path}.ttrpc") <= 100
+    assert path.parent.parent == Path("/run") and path.name == "containerd.sock"
+    assert realnode.socket_path(deep) == path  # the same folder for the same state, at start and stop
+    assert realnode.socket_path(deep / "other") != path
+    assert f'address = "{path}"' in realnode._containerd_config(deep)
