@@ -45,6 +45,7 @@ from slm_operator.status import (
     RuntimeObservation,
     compute_status,
     fetch_failure_reason,
+    invalid_spec_status,
     observe_deployment,
     observe_job,
     observe_runtime_pods,
@@ -529,29 +530,15 @@ class Reconciler:
         result: ReconcileResult,
     ) -> None:
         if spec is None:
-            current = dict(body.get("status") or {})
-            status: dict[str, Any] = {
-                **current,
-                "observedGeneration": generation,
-                "selector": selector_string(owner.name),
-            }
-            conditions = [
-                c for c in current.get("conditions", []) if c.get("type") not in ("Ready", "Stalled")
-            ]
             assert isinstance(outcome, ResolveFailure)
-            now = self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
-            for type_, value in (("Ready", "False"), ("Stalled", "True")):
-                conditions.append(
-                    {
-                        "type": type_,
-                        "status": value,
-                        "reason": outcome.reason,
-                        "message": outcome.message,
-                        "observedGeneration": generation,
-                        "lastTransitionTime": now,
-                    }
-                )
-            status["conditions"] = conditions
+            status = invalid_spec_status(
+                body.get("status") or {},
+                previous,
+                owner=owner,
+                generation=generation,
+                failure=outcome,
+                now=self.clock(),
+            )
         else:
             status = compute_status(
                 owner=owner,

@@ -504,3 +504,33 @@ def _placement_status(plan: Plan, quantization: str) -> PlacementStatus:
         memory_estimate_bytes=placement.memory.total_bytes,
         reason=placement.reason,
     )
+
+
+def invalid_spec_status(
+    current: Mapping[str, Any],
+    previous: SLMDeploymentStatus,
+    *,
+    owner: Owner,
+    generation: int,
+    failure: ResolveFailure,
+    now: datetime,
+) -> dict[str, Any]:
+    """Status for a spec the operator cannot read (only with a CRD older than the operator).
+
+    Ready=False and Stalled=True say why; everything else stays as it was. The transition times
+    keep, so the next pass finds nothing to write (zero writes in steady state, invalid or not).
+    """
+    conditions = [c for c in current.get("conditions") or [] if c.get("type") not in (READY, STALLED)]
+    pairs: tuple[tuple[str, ConditionStatus], ...] = ((READY, "False"), (STALLED, "True"))
+    for type_, value in pairs:
+        condition = set_condition(
+            previous.conditions, type_, value, failure.reason, failure.message, generation, now
+        )
+        conditions.append(condition.model_dump(by_alias=True, exclude_none=True))
+    return {
+        **current,
+        "observedGeneration": generation,
+        "selector": selector_string(owner.name),
+        "conditions": conditions,
+    }
+

@@ -697,3 +697,21 @@ async def test_a_resync_recreates_a_child_deleted_while_the_watch_was_down(
     reconciler.resync()
     await reconciler.idle()
     assert ("Service", "ai", "assistant") in api.objects
+
+
+async def test_an_invalid_spec_is_reported_once_and_then_left_alone(api: FakeApi, catalog: Catalog) -> None:
+    # Only with a CRD older than the operator: the schema let through what the models refuse.
+    clock = [NOW]
+    reconciler = Reconciler(api, OperatorSettings(), catalog, OperatorMetrics(), clock=lambda: clock[0])
+    api.put(slm_body({"model": {"name": "qwen2.5:0.5b"}, "replicas": "many"}))
+    first = await reconciler.reconcile(KEY)
+    assert first.status_written
+    status = api.objects[("SLMDeployment", "ai", "assistant")]["status"]
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ConfigurationError")
+    assert ready["message"].startswith("spec is invalid: spec.replicas: ")
+    assert ready["lastTransitionTime"] == "2026-11-30T02:00:00Z"
+    clock[0] = NOW + timedelta(minutes=10)  # the resync, much later
+    api.writes.clear()
+    again = await reconciler.reconcile(KEY)
+    assert not again.status_written and api.writes == []
