@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -185,14 +186,14 @@ def _under(path: str, prefixes: list[str]) -> bool:
     return any(path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)
 
 
-def restore(before: dict[str, Any], state_dir: Path) -> list[str]:
+def restore(before: dict[str, Any], state_dir: Path, extra_dirs: Sequence[Path] = ()) -> list[str]:
     """Undo what differs from ``before``; returns what could not be undone.
 
-    Only what a real node can have made is touched: mounts under ``state_dir`` or a
-    well-known path, bridges and veth links, routes and iptables rules that are new.
+    Only what a real node can have made is touched: mounts under ``state_dir``, ``extra_dirs``
+    or a well-known path, bridges and veth links, routes and iptables rules that are new.
     """
     now = snapshot()
-    prefixes = [str(state_dir), *WELL_KNOWN_PATHS]
+    prefixes = [str(state_dir), *(str(d) for d in extra_dirs), *WELL_KNOWN_PATHS]
     for point in sorted(
         (p for p in now["mounts"] if p not in before["mounts"] and _under(p, prefixes)),
         key=lambda p: p.count("/"),

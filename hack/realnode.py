@@ -289,25 +289,28 @@ def _kube_proxy_config(kubeconfig: Path, ports: dict[str, int]) -> dict[str, Any
     }
 
 
-# A unix socket's path holds at most 107 bytes, and containerd adds ".ttrpc" to its own.
-_SOCKET_PATH_LIMIT = 100
+# A unix socket's path holds at most 107 bytes. containerd adds ".ttrpc" to its socket's path, and
+# kubelet makes sockets up to ~45 characters deep in its root folder (pod-resources/<random>,
+# plugins_registry/..., device-plugins/kubelet.sock): both live under a short folder.
+_SHORT_STATE_LIMIT = 48
+
+
+def socket_root(state: Path) -> Path:
+    """Where containerd's socket and kubelet's root folder live: the node's state folder, or, when
+    its path is too long for their unix sockets (a deep pytest tmp_path), a folder under /run named
+    after it (the same at start and at stop; removed by restore_host)."""
+    if len(str(state)) <= _SHORT_STATE_LIMIT:
+        return state
+    digest = hashlib.sha256(str(state).encode()).hexdigest()[:12]
+    return Path("/run") / f"slm-node-{digest}"
 
 
 def socket_path(state: Path) -> Path:
-    """containerd's socket: in the state folder, or, when that path is too long for a unix socket
-    (a deep pytest tmp_path), in a folder under /run named after the state folder."""
-    default = state / "containerd" / "containerd.sock"
-    if len(str(default)) + len(".ttrpc") <= _SOCKET_PATH_LIMIT:
-        return default
-    digest = hashlib.sha256(str(state).encode()).hexdigest()[:12]
-    return Path("/run") / f"slm-containerd-{digest}" / "containerd.sock"
+    return socket_root(state) / "containerd" / "containerd.sock"
 
 
-def _remove_short_socket_dir(state: Path) -> None:
-    """The /run folder socket_path made for a long state path, once containerd is gone."""
-    folder = socket_path(state).parent
-    if folder != state / "containerd":
-        shutil.rmtree(folder, ignore_errors=True)
+def kubelet_root(state: Path) -> Path:
+    return socket_root(state) / "kubelet" / "root"
 
 
 def node_state(cluster_state: Path) -> Path:
@@ -325,6 +328,7 @@ def start(cluster: LocalCluster) -> dict[str, int]:
     for sub in ("containerd", "cni/net.d", "cni/ipam", "kubelet", "kube-proxy"):
         (state / sub).mkdir(parents=True, exist_ok=True)
     socket_path(state).parent.mkdir(parents=True, exist_ok=True)
+    kubelet_root(state).mkdir(parents=True, exist_ok=True)
     localcluster.sign_client_cert(pki, "node", f"/O=system:nodes/CN=system:node:{NODE_NAME}")
     localcluster.sign_client_cert(pki, "kube-proxy", "/CN=system:kube-proxy")
     node_kubeconfig = state / "kubelet" / "kubeconfig"
@@ -371,7 +375,7 @@ def start(cluster: LocalCluster) -> dict[str, int]:
             str(cluster.bin_dir / "kubelet"),
             f"--config={state / 'kubelet' / 'config.json'}",
             f"--kubeconfig={node_kubeconfig}",
-            f"--root-dir={state / 'kubelet' / 'root'}",
+            f"--root-dir={kubelet_root(state)}",
             f"--cert-dir={state / 'kubelet' / 'pki'}",
             f"--hostname-override={NODE_NAME}",
             f"--node-ip={NODE_IP}",
@@ -486,7 +490,6 @@ def stop(cluster_state: Path, pids: dict[str, int], bin_dir: Path | None) -> Non
     for pid in _shim_pids(state):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    _remove_short_socket_dir(state)
 
 
 def restore_host(cluster_state: Path) -> list[str]:
@@ -495,10 +498,13 @@ def restore_host(cluster_state: Path) -> list[str]:
     Runs after the control plane stopped: the apiserver listens on the bridge this removes.
     """
     left: list[str] = []
-    _remove_short_socket_dir(node_state(cluster_state))  # also after a stop that never ran
+    short = socket_root(node_state(cluster_state))
+    extra = [short] if short != node_state(cluster_state) else []
     before = hoststate.load(cluster_state / "host-before.json")
     if before is not None:
-        left = hoststate.restore(before, cluster_state)
+        left = hoststate.restore(before, cluster_state, extra)  # unmounts under the short folder too
+    for folder in extra:
+        shutil.rmtree(folder, ignore_errors=True)
     if LOCK_FILE.exists() and LOCK_FILE.read_text().strip() == str(cluster_state):
         LOCK_FILE.unlink()
     if left:

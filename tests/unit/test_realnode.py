@@ -21,7 +21,7 @@ def test_kubelet_config_has_what_these_machines_need(tmp_path: Path) -> None:
     assert config["registerWithTaints"] == [
         {"key": "slm.dev/real-node", "value": "true", "effect": "NoSchedule"}
     ]
-    assert config["containerRuntimeEndpoint"] == f"unix://{tmp_path / 'containerd' / 'containerd.sock'}"
+    assert config["containerRuntimeEndpoint"] == f"unix://{realnode.socket_path(tmp_path)}"
     # Pods' resolv.conf names no DNS server, so no query leaves the machine.
     assert config["resolvConf"] == str(tmp_path / "kubelet" / "resolv.conf")
     assert "clusterDNS" not in config
@@ -34,7 +34,7 @@ def test_containerd_config_lets_runc_start_and_uses_the_local_pause_image(tmp_pa
     assert "restrict_oom_score_adj = true" in text
     assert f'sandbox_image = "{images.PAUSE_IMAGE}"' in text
     assert "SystemdCgroup = false" in text
-    assert f'address = "{tmp_path / "containerd" / "containerd.sock"}"' in text
+    assert f'address = "{realnode.socket_path(tmp_path)}"' in text
     assert f'root = "{tmp_path / "containerd" / "root"}"' in text
     assert f'conf_dir = "{tmp_path / "cni" / "net.d"}"' in text
 
@@ -100,13 +100,17 @@ def test_real_node_pods_opt_in_with_a_toleration_and_a_selector() -> None:
     assert realnode.node_selector() == {"slm.dev/real-node": "true"}
 
 
-def test_containerd_socket_stays_within_the_unix_socket_limit(tmp_path: Path) -> None:
-    short = tmp_path / "c"
+def test_sockets_stay_within_the_unix_socket_limit() -> None:
+    short = Path("/tmp/slm-test-cluster-abc123/real-node")  # what the test fixtures make
     assert realnode.socket_path(short) == short / "containerd" / "containerd.sock"
+    assert realnode.kubelet_root(short) == short / "kubelet" / "root"
     deep = Path("/tmp/pytest-of-root/pytest-19/test_demo_serves_smollm2_on_a_0/demo/cluster/real-node")
-    path = realnode.socket_path(deep)
-    assert len(f"{path}.ttrpc") <= 100
-    assert path.parent.parent == Path("/run") and path.name == "containerd.sock"
-    assert realnode.socket_path(deep) == path  # the same folder for the same state, at start and stop
-    assert realnode.socket_path(deep / "other") != path
-    assert f'address = "{path}"' in realnode._containerd_config(deep)
+    root = realnode.socket_root(deep)
+    assert root.parent == Path("/run") and root.name.startswith("slm-node-")
+    assert realnode.socket_root(deep) == root  # the same folder for the same state, at start and stop
+    assert realnode.socket_root(deep / "other") != root
+    # containerd's ".ttrpc" socket and kubelet's deepest ones fit in 107 bytes.
+    assert len(f"{realnode.socket_path(deep)}.ttrpc") <= 107
+    assert len(f"{realnode.kubelet_root(deep)}/plugins_registry/kubernetes.io-csi-123456789.sock") <= 107
+    assert len(f"{realnode.kubelet_root(short)}/plugins_registry/kubernetes.io-csi-123456789.sock") <= 107
+    assert f'address = "{realnode.socket_path(deep)}"' in realnode._containerd_config(deep)
