@@ -924,6 +924,13 @@ def _plan(
     settings = facts.settings
     candidate = choice.candidate
     accelerator = choice.accelerator
+    if spec.image and not settings.image_allowed(spec.image):
+        raise ResolveError(
+            "ConfigurationError",
+            f"spec.image {spec.image!r} matches none of the operator's allowedImages "
+            f"({', '.join(settings.allowed_images)}): use an allowed image, or leave spec.image empty "
+            "for the operator's own",
+        )
     image = spec.image or settings.images.get(accelerator.runtime, "")
     if not image:
         raise ResolveError(

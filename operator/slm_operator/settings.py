@@ -9,6 +9,7 @@ ConfigMap there), then the defaults below.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 from pathlib import Path
@@ -289,6 +290,12 @@ class OperatorSettings(BaseSettings):
         "defaults.",
     )
     fetch_image: str = Field(default="", description="Image of the fetch Job; empty = images['cpu'].")
+    allowed_images: list[str] = Field(
+        default_factory=list,
+        description="Images an SLMDeployment's spec.image may name (shell-style patterns, e.g. "
+        "'registry.example.com/ml/*'); empty = any image. Whoever may create SLMDeployments chooses the "
+        "image their pods run: set this where that is not everyone's call.",
+    )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     defaults: DefaultsSettings = Field(default_factory=DefaultsSettings)
     catalog: dict[str, Any] | str = Field(
@@ -351,6 +358,12 @@ class OperatorSettings(BaseSettings):
 
     def effective_fetch_image(self) -> str:
         return self.fetch_image or self.images.get("cpu", "")
+
+    def image_allowed(self, image: str) -> bool:
+        """Whether spec.image may name ``image``: the configured images always, others per allowedImages."""
+        if not self.allowed_images or image in self.images.values() or image == self.fetch_image:
+            return True
+        return any(fnmatch.fnmatchcase(image, pattern) for pattern in self.allowed_images)
 
     def catalog_overrides(self) -> list[dict[str, Any]]:
         """Catalog documents to merge over the built-in catalog: the file, then the inline text."""

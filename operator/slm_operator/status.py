@@ -533,4 +533,3 @@ def invalid_spec_status(
         "selector": selector_string(owner.name),
         "conditions": conditions,
     }
-

@@ -118,6 +118,7 @@ def test_settings_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
                     "imagePullSecrets": [{"name": "regcred"}],
                 },
                 "memoryOverheadBytes": 1073741824,
+                "allowedImages": ["registry.local/*"],
             }
         )
     )
@@ -128,6 +129,8 @@ def test_settings_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert settings.images["cpu"] == "registry.local/slm-runtime:dev"
     assert settings.images["rocm"] == default_runtime_images()["rocm"]  # unset variants keep defaults
     assert settings.effective_fetch_image() == "registry.local/slm-runtime:dev"
+    assert settings.allowed_images == ["registry.local/*"]
+    assert settings.image_allowed("registry.local/custom:1") and not settings.image_allowed("elsewhere/x:1")
     assert settings.fetch_backoff_limit == 7  # env wins over the file
     assert settings.defaults.storage_class_name == "from-env"
     assert settings.defaults.cache_headroom == 0.5

@@ -683,3 +683,31 @@ def test_gpu_without_feature_discovery_labels_uses_node_memory(
     assert plan.placement.reason.startswith(
         "gpu: 1 node(s) with nvidia.com/gpu, largest node 30.0 GiB (no device memory label)"
     )
+
+
+def test_spec_image_is_checked_against_the_allow_list(owner: Owner, catalog: Catalog) -> None:
+    wanted = spec(model={"name": "qwen2.5"}, hardware={"preferred": "cpu"}, image="evil.example/miner:1")
+    node = cpu_node(memory="32Gi")
+    # No allow-list: any image (the default; the chart documents the trade-off).
+    assert plan_of(resolve(owner, wanted, make_facts(catalog, OperatorSettings(), node))).placement.image == (
+        "evil.example/miner:1"
+    )
+    strict = OperatorSettings(allowed_images=["registry.example.com/ml/*"])
+    failure = failure_of(resolve(owner, wanted, make_facts(catalog, strict, node)))
+    assert failure.reason == "ConfigurationError"
+    assert failure.message == (
+        "spec.image 'evil.example/miner:1' matches none of the operator's allowedImages "
+        "(registry.example.com/ml/*): use an allowed image, or leave spec.image empty for the operator's own"
+    )
+    allowed = spec(
+        model={"name": "qwen2.5"}, hardware={"preferred": "cpu"}, image="registry.example.com/ml/rt:2"
+    )
+    assert plan_of(resolve(owner, allowed, make_facts(catalog, strict, node))).placement.image == (
+        "registry.example.com/ml/rt:2"
+    )
+    # The operator's own images stay allowed whatever the patterns say.
+    own = spec(model={"name": "qwen2.5"}, hardware={"preferred": "cpu"}, image=strict.images["cpu"])
+    assert (
+        plan_of(resolve(owner, own, make_facts(catalog, strict, node))).placement.image
+        == strict.images["cpu"]
+    )
