@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from slm_runtime import __version__
+from slm_runtime.apikey import ApiKey
 from slm_runtime.errors import ApiError, handle_api_error, handle_http_error, handle_validation_error
 from slm_runtime.metrics import RuntimeMetrics
 from slm_runtime.middleware import GuardMiddleware
@@ -154,7 +155,7 @@ def create_app(settings: ServeSettings, backend_factory: BackendFactory = load_b
         app.include_router(openai_api.build_router())
     app.add_middleware(
         GuardMiddleware,
-        api_key=settings.api_key,
+        api_key=ApiKey(settings.api_key, settings.api_key_file),
         max_request_bytes=settings.max_request_bytes,
         log_prompts=settings.log_prompts,
         draining=lambda: runtime.draining,

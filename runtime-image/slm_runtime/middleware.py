@@ -12,6 +12,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from slm_runtime.apikey import ApiKey
 from slm_runtime.errors import error_response
 
 access_log = logging.getLogger("slm_runtime.access")
@@ -27,13 +28,13 @@ class GuardMiddleware:
         self,
         app: ASGIApp,
         *,
-        api_key: str,
+        api_key: ApiKey,
         max_request_bytes: int,
         log_prompts: bool,
         draining: Callable[[], bool] = lambda: False,
     ) -> None:
         self.app = app
-        self.api_key = api_key.encode()
+        self.api_key = api_key
         self.max_request_bytes = max_request_bytes
         self.log_prompts = log_prompts
         self.draining = draining
@@ -59,7 +60,12 @@ class GuardMiddleware:
 
         body = b""
         try:
-            if self.api_key and path not in OPEN_PATHS and path != "/" and not self._authorized(scope):
+            if (
+                self.api_key.enabled
+                and path not in OPEN_PATHS
+                and path != "/"
+                and not self._authorized(scope)
+            ):
                 await error_response(path, 401, "missing or invalid API key")(scope, receive, send_logged)
                 return
             declared = _content_length(scope)
@@ -111,7 +117,8 @@ class GuardMiddleware:
         for name, value in scope.get("headers", []):
             if name == b"authorization":
                 scheme, _, token = value.partition(b" ")
-                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.api_key)
+                expected = self.api_key.current()
+                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), expected)
         return False
 
     async def _too_large(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:

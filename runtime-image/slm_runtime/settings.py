@@ -78,6 +78,12 @@ class ServeSettings(_SlmSettings):
         description="Bearer token required on API routes; empty = no auth. Surrounding whitespace is "
         "stripped, so a key read from a Secret file that ends in a newline still matches.",
     )
+    api_key_file: str = Field(
+        default="",
+        description="File holding the Bearer token (a mounted Secret key); read again when it changes, so a "
+        "rotated Secret applies without a restart. Wins over api_key; a missing or empty file refuses "
+        "every request.",
+    )
     openai_api: bool = Field(default=True, description="Serve the OpenAI API under /v1.")
     ollama_api: bool = Field(default=True, description="Serve the Ollama API under /api.")
     embeddings: bool | None = Field(

@@ -119,10 +119,12 @@ def test_example_is_placed(
         what=f"{name}: the runtime Deployment",
     )
     limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"].get("limits", {})
-    # Secrets of the example reach the runtime by reference only (secretKeyRef), never copied.
+    # Secrets of the example reach the runtime by reference only (a secret volume), never copied.
     for doc in docs:
         if doc["kind"] == "Secret":
-            assert f'"name": "{doc["metadata"]["name"]}"' in json.dumps(deployment["spec"]["template"]), doc
+            assert f'"secretName": "{doc["metadata"]["name"]}"' in json.dumps(
+                deployment["spec"]["template"]
+            ), doc
             assert json.dumps(doc.get("stringData", {})) not in json.dumps(deployment)
     if expected == "cpu":
         assert not [k for k in limits if k not in ("cpu", "memory")], limits

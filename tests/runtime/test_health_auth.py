@@ -219,3 +219,37 @@ def test_api_key_from_a_secret_file_with_a_newline(tiny_gguf: Path) -> None:
         assert ok.status_code == 200
     finally:
         server.stop()
+
+
+def test_a_rotated_key_file_applies_without_a_restart(tiny_gguf: Path, tmp_path: Path) -> None:
+    # As kubelet lays out a Secret volume: the file is a symlink into a folder swapped atomically.
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "..v1").mkdir()
+    (secret / "..v1" / "api-key").write_text("first-key\n")
+    (secret / "..data").symlink_to("..v1")
+    (secret / "api-key").symlink_to("..data/api-key")
+    server = start_server(
+        model=tiny_gguf,
+        model_name="rotating",
+        api_key_file=str(secret / "api-key"),
+        parallel_requests=1,
+        context_length=256,
+        threads=1,
+    )
+
+    def status(key: str) -> int:
+        return httpx.get(server.url + "/api/tags", headers={"Authorization": f"Bearer {key}"}).status_code
+
+    try:
+        assert (status("first-key"), status("second-key")) == (200, 401)
+        (secret / "..v2").mkdir()
+        (secret / "..v2" / "api-key").write_text("second-key\n")
+        (secret / "..data_tmp").symlink_to("..v2")
+        (secret / "..data_tmp").replace(secret / "..data")
+        assert (status("first-key"), status("second-key")) == (401, 200)
+        (secret / "..data").unlink()  # the Secret's key is gone: closed, not open
+        assert (status("first-key"), status("second-key")) == (401, 401)
+        assert httpx.get(server.url + "/healthz").status_code == 200  # probes stay open
+    finally:
+        server.stop()

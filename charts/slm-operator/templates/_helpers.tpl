@@ -113,7 +113,7 @@ scope). The operator applies children with server-side apply (PATCH), hence patc
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
-# No Secrets: the operator only puts secretKeyRef names into Pod specs; it never reads them.
+# No Secrets: the operator only puts Secret names into Pod specs (secretKeyRef, secret volumes); it never reads them.
 {{- end }}
 
 {{/* Kopf peering objects' kind for the scope. */}}

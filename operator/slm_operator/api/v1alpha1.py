@@ -328,7 +328,7 @@ class ApiSpec(_Model):
     api_key_secret_ref: SecretKeySelector | None = Field(
         default=None,
         description="Secret key holding an API key; when set, every API request needs "
-        "Authorization: Bearer <key>.",
+        "Authorization: Bearer <key>. Mounted as a file: a rotated key applies without a restart.",
     )
 
 

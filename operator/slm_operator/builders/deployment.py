@@ -6,6 +6,7 @@ import hashlib
 import json
 from typing import Any
 
+from slm_operator.api.v1alpha1 import SecretKeySelector
 from slm_operator.builders.common import (
     CACHE_VOLUME,
     TMP_VOLUME,
@@ -50,7 +51,7 @@ RUNTIME_ENV_NAMES: tuple[str, ...] = (
     "SLM_SYSTEM_PROMPT",
     "SLM_CHAT_TEMPLATE",
     "SLM_DEFAULT_PARAMETERS",
-    "SLM_API_KEY",
+    "SLM_API_KEY_FILE",
     "SLM_OPENAI_API",
     "SLM_OLLAMA_API",
     "SLM_EMBEDDINGS",
@@ -60,6 +61,9 @@ RUNTIME_ENV_NAMES: tuple[str, ...] = (
 STARTUP_PERIOD_SECONDS = 5
 STARTUP_FAILURE_THRESHOLD = 120
 TERMINATION_GRACE_SECONDS = 45  # the runtime drains for 30 s on SIGTERM
+API_KEY_VOLUME = "api-key"
+API_KEY_MOUNT_PATH = "/var/run/slm/api-key"
+API_KEY_FILE = "api-key"
 
 
 def _bool(value: bool) -> str:
@@ -112,13 +116,28 @@ def runtime_env(plan: Plan, model_sha256: str = "") -> list[dict[str, Any]]:
     if embeddings is not None:
         env.append(("SLM_EMBEDDINGS", _bool(embeddings)))
     env.append(("SLM_LOG_LEVEL", plan.runtime.log_level))
-    result: list[dict[str, Any]] = [{"name": name, "value": value} for name, value in env]
-    secret = spec.api.api_key_secret_ref
-    if secret is not None and secret.name:
-        result.append(
-            {"name": "SLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}}
-        )
-    return result
+    if _api_key_secret(plan) is not None:
+        # A file, not an env var: kubelet updates a mounted Secret in place and the runtime reads it
+        # again, so rotating the key needs no restart (an env var would keep the old key forever).
+        env.append(("SLM_API_KEY_FILE", f"{API_KEY_MOUNT_PATH}/{API_KEY_FILE}"))
+    return [{"name": name, "value": value} for name, value in env]
+
+
+def _api_key_secret(plan: Plan) -> SecretKeySelector | None:
+    secret = plan.spec.api.api_key_secret_ref
+    return secret if secret is not None and secret.name else None
+
+
+def api_key_volume(secret: SecretKeySelector) -> dict[str, Any]:
+    """The Secret's one key as a file readable by the runtime's group (fsGroup) only."""
+    return {
+        "name": API_KEY_VOLUME,
+        "secret": {
+            "secretName": secret.name,
+            "items": [{"key": secret.key, "path": API_KEY_FILE}],
+            "defaultMode": 0o440,
+        },
+    }
 
 
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
@@ -158,6 +177,13 @@ def build_deployment(plan: Plan, *, model_sha256: str = "") -> dict[str, Any]:
             {"name": TMP_VOLUME, "mountPath": "/tmp"},
         ],
     }
+    secret = _api_key_secret(plan)
+    volumes = [cache_volume(plan, read_only=True), tmp_volume()]
+    if secret is not None:
+        container["volumeMounts"].append(
+            {"name": API_KEY_VOLUME, "mountPath": API_KEY_MOUNT_PATH, "readOnly": True}
+        )
+        volumes.append(api_key_volume(secret))
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         # Service links would inject variables such as SLM_PORT=tcp://... for a Service named "slm".
@@ -166,7 +192,7 @@ def build_deployment(plan: Plan, *, model_sha256: str = "") -> dict[str, Any]:
         "securityContext": pod_security_context(),
         **scheduling(plan),
         "containers": [container],
-        "volumes": [cache_volume(plan, read_only=True), tmp_volume()],
+        "volumes": volumes,
     }
     if placement.runtime_class_name:
         pod_spec["runtimeClassName"] = placement.runtime_class_name

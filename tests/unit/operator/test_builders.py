@@ -222,7 +222,7 @@ def test_deployment(plan: Plan) -> None:
                     "labels": labels("server"),
                     "annotations": {
                         "slm.dev/model-cache-key": CACHE_KEY,
-                        "slm.dev/config-hash": "e07ae62697b31c92",
+                        "slm.dev/config-hash": "a98636fd44f6653f",
                     },
                 },
                 "spec": {
@@ -261,10 +261,8 @@ def test_deployment(plan: Plan) -> None:
                                 {"name": "SLM_OLLAMA_API", "value": "true"},
                                 {"name": "SLM_EMBEDDINGS", "value": "false"},
                                 {"name": "SLM_LOG_LEVEL", "value": "info"},
-                                {
-                                    "name": "SLM_API_KEY",
-                                    "valueFrom": {"secretKeyRef": {"name": "llm-key", "key": "token"}},
-                                },
+                                # A mounted file: a rotated Secret reaches the runtime without a restart.
+                                {"name": "SLM_API_KEY_FILE", "value": "/var/run/slm/api-key/api-key"},
                             ],
                             "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
                             "startupProbe": _probe("/healthz", 5, 120),
@@ -280,6 +278,7 @@ def test_deployment(plan: Plan) -> None:
                             "volumeMounts": [
                                 {"name": "model-cache", "mountPath": "/models", "readOnly": True},
                                 {"name": "tmp", "mountPath": "/tmp"},
+                                {"name": "api-key", "mountPath": "/var/run/slm/api-key", "readOnly": True},
                             ],
                         }
                     ],
@@ -289,6 +288,14 @@ def test_deployment(plan: Plan) -> None:
                             "persistentVolumeClaim": {"claimName": "assistant-model-cache", "readOnly": True},
                         },
                         {"name": "tmp", "emptyDir": {}},
+                        {
+                            "name": "api-key",
+                            "secret": {
+                                "secretName": "llm-key",
+                                "items": [{"key": "token", "path": "api-key"}],
+                                "defaultMode": 0o440,
+                            },
+                        },
                     ],
                 },
             },
