@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -15,10 +17,12 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
-from slm_runtime.fetch import RESULT_FILE, FetchError, fetch, run
+from slm_runtime.fetch import _SPACE_MARGIN, FetchError, fetch, run
+from slm_runtime.integrity import RESULT_FILE
 from slm_runtime.settings import FetchSettings
 
 pytestmark = pytest.mark.runtime
@@ -296,6 +300,14 @@ HUB_FILES: dict[str, dict[str, bytes]] = {
 }
 
 
+# Listings a broken or impostor endpoint might answer with.
+BROKEN_LISTINGS: dict[str, bytes] = {
+    "org/notjson": b"<html>Service Unavailable</html>",
+    "org/nopath": b'[{"type": "file", "size": 3}]',
+    "org/notalist": b'{"error": "no"}',
+}
+
+
 def _is_lfs(path: str) -> bool:
     return path.endswith((".onnx", ".data"))
 
@@ -329,21 +341,38 @@ class _HubHandler(BaseHTTPRequestHandler):
         corrupt = self.server.corrupt  # type: ignore[attr-defined]
         if segments[:2] == ["api", "models"] and segments[4] == "tree":
             repo, folder = "/".join(segments[2:4]), "/".join(segments[6:])
+            if repo in BROKEN_LISTINGS:
+                data = BROKEN_LISTINGS[repo]
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
             self._tree(repo, folder, query.get("recursive") == ["true"], int(query.get("cursor", ["0"])[0]))
             return
+        requests: list[tuple[str, str | None]] = getattr(self.server, "requests", [])
+        requests.append((parts.path, self.headers.get("Range")))
         if len(segments) > 4 and segments[2] == "resolve":
             repo, path = "/".join(segments[:2]), "/".join(segments[4:])
             content = HUB_FILES.get(repo, {}).get(path)
-            if content is None:
+            if content is None or path in getattr(self.server, "missing", ()):
                 self.send_error(404)
                 return
             body = content[:-1] + bytes([content[-1] ^ 0xFF]) if path in corrupt else content
-            self.send_response(200)
+            start = (
+                int(self.headers["Range"].removeprefix("bytes=").split("-")[0])
+                if self.headers["Range"]
+                else 0
+            )
+            self.send_response(206 if start else 200)
+            if start:
+                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
             if _is_lfs(path):
                 self.send_header("X-Linked-Etag", f'"{hashlib.sha256(content).hexdigest()}"')
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(body) - start))
             self.end_headers()
-            self.wfile.write(body)
+            self.wfile.write(body[start:])
             return
         self.send_error(404)
 
@@ -680,3 +709,439 @@ def test_a_folder_file_that_changed_is_fetched_again(
         f"fetch: {tmp_path / 'model.onnx'} changed since it was fetched (sha256 {bad}, recorded "
         f"{entry['sha256']}); fetching it again"
     ]
+
+
+# --- a file that changes between attempts, gzip, redirect loops (a versioned origin) --------------
+
+V1 = os.urandom(1024 * 1024 + 7)
+
+
+@dataclass
+class Versioned:
+    content: bytes = V1
+    etag: str | None = '"v1"'
+    last_modified: str | None = None
+    honour_if_range: bool = True  # False: a server (or proxy) that ignores If-Range
+    gzip: str = "no"  # "allowed": when Accept-Encoding allows it; "always": whatever the client asks
+    cut_first: int = 0  # the first N full-body responses stop half-way
+    start_shift: int = 0  # a 206 that starts this many bytes after the asked start
+    requests: list[dict[str, str | None]] = field(default_factory=list)
+
+
+class _VersionedHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        state: Versioned = self.server.state  # type: ignore[attr-defined]
+        asked = {h: self.headers.get(h) for h in ("Range", "If-Range", "Accept-Encoding", "Authorization")}
+        state.requests.append({"path": self.path, **asked})
+        path = urlsplit(self.path).path
+        if path == "/loop/model.gguf":
+            self.send_response(302)
+            self.send_header("Location", self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if path != "/file.bin":
+            self.send_error(404)
+            return
+        body, encoding = state.content, None
+        if state.gzip == "always" or (state.gzip == "allowed" and "gzip" in (asked["Accept-Encoding"] or "")):
+            body, encoding = gzip.compress(state.content, mtime=0), "gzip"
+        ranged = asked["Range"]
+        if (
+            ranged
+            and state.honour_if_range
+            and asked["If-Range"] not in (None, state.etag, state.last_modified)
+        ):
+            ranged = None  # If-Range names another version: the whole current one
+        start = int(ranged.removeprefix("bytes=").split("-")[0]) + state.start_shift if ranged else 0
+        if ranged and start >= len(body):
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(body)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(206 if ranged else 200)
+        if ranged:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        for name, value in (
+            ("ETag", state.etag),
+            ("Last-Modified", state.last_modified),
+            ("Content-Encoding", encoding),
+        ):
+            if value:
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        if not ranged and state.cut_first > 0:
+            state.cut_first -= 1
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        self.wfile.write(body[start:])
+
+
+@pytest.fixture
+def versioned() -> Iterator[tuple[str, Versioned]]:
+    state = Versioned()
+    server = _QuietServer(("127.0.0.1", 0), _VersionedHandler)
+    server.state = state  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", state
+    server.shutdown()
+    server.server_close()
+
+
+def _leave_a_part(url: str, dest: Path, state: Versioned) -> int:
+    """A first attempt cut half-way, not retried: its .part stays, as after a killed fetch Job."""
+    state.cut_first = 1
+    with pytest.raises(FetchError, match="giving up"):
+        fetch(FetchSettings(source=url, dest=dest, retries=0, backoff_seconds=0, timeout_seconds=10))
+    return (dest / ".file.bin.part").stat().st_size
+
+
+OLD_DATE, NEW_DATE = "Mon, 01 Jan 2024 00:00:00 GMT", "Tue, 02 Jan 2024 00:00:00 GMT"
+# change: (validators before, what changes with the new version, its content, the If-Range sent)
+_CHANGES: dict[str, tuple[dict[str, Any], dict[str, Any], bytes, str | None]] = {
+    "new ETag, If-Range honoured": ({}, {"etag": '"v2"'}, os.urandom(len(V1)), '"v1"'),
+    "new ETag, If-Range ignored": (
+        {},
+        {"etag": '"v2"', "honour_if_range": False},
+        os.urandom(len(V1)),
+        '"v1"',
+    ),
+    "new Last-Modified": (
+        {"etag": None, "last_modified": OLD_DATE},
+        {"last_modified": NEW_DATE},
+        os.urandom(len(V1)),
+        OLD_DATE,
+    ),
+    "bigger, no validators": ({"etag": None}, {}, os.urandom(len(V1) + 4096), None),
+    "smaller than the part, no validators": ({"etag": None}, {}, os.urandom(100_000), None),
+}
+
+
+@pytest.mark.parametrize("change", list(_CHANGES))
+def test_a_part_of_an_older_version_is_never_spliced_with_the_new_one(
+    versioned: tuple[str, Versioned], tmp_path: Path, change: str
+) -> None:
+    url, state = versioned
+    before, after, new, if_range = _CHANGES[change]
+    for name, value in before.items():
+        setattr(state, name, value)
+    kept = _leave_a_part(url + "/file.bin", tmp_path, state)
+    assert 0 < kept < len(V1)
+    for name, value in after.items():
+        setattr(state, name, value)
+    state.content = new
+    state.requests.clear()
+
+    record = fetch(_settings(tmp_path, url + "/file.bin"))  # no digest known: only the protocol protects
+    assert (tmp_path / "file.bin").read_bytes() == new
+    assert (record["sha256"], record["sizeBytes"]) == (hashlib.sha256(new).hexdigest(), len(new))
+    assert (state.requests[0]["Range"], state.requests[0]["If-Range"]) == (f"bytes={kept}-", if_range)
+    assert not [p for p in tmp_path.iterdir() if ".part" in p.name]
+
+
+def test_a_206_that_does_not_continue_the_part_starts_over(
+    versioned: tuple[str, Versioned], tmp_path: Path
+) -> None:
+    url, state = versioned
+    kept = _leave_a_part(url + "/file.bin", tmp_path, state)
+    state.start_shift = 10  # a 206 for other bytes than asked
+    state.requests.clear()
+    fetch(_settings(tmp_path, url + "/file.bin"))
+    assert (tmp_path / "file.bin").read_bytes() == V1
+    assert [r["Range"] for r in state.requests] == [f"bytes={kept}-", None]
+
+
+def test_an_unchanged_file_resumes_with_if_range(versioned: tuple[str, Versioned], tmp_path: Path) -> None:
+    url, state = versioned
+    state.cut_first = 1
+    record = fetch(_settings(tmp_path, url + "/file.bin"))
+    assert (tmp_path / "file.bin").read_bytes() == V1
+    assert record["sha256"] == hashlib.sha256(V1).hexdigest()
+    assert [(r["Range"], r["If-Range"]) for r in state.requests] == [
+        (None, None),
+        (f"bytes={len(V1) // 2}-", '"v1"'),
+    ]
+
+
+@pytest.mark.parametrize("mode", ["allowed", "always"])
+def test_gzip_is_never_decoded_so_sizes_and_ranges_hold(
+    versioned: tuple[str, Versioned], tmp_path: Path, mode: str
+) -> None:
+    """Ranges count the stored bytes: asked for identity, and what comes is written as it comes."""
+    url, state = versioned
+    state.content = b"a compressible model file " * 40_000
+    state.gzip, state.cut_first = mode, 1
+    record = fetch(_settings(tmp_path, url + "/file.bin"))
+    # A server that gzips anyway serves its stored representation: that is the file, byte for byte.
+    stored = state.content if mode == "allowed" else gzip.compress(state.content, mtime=0)
+    assert (tmp_path / "file.bin").read_bytes() == stored
+    assert record["sizeBytes"] == len(stored)
+    assert {r["Accept-Encoding"] for r in state.requests} == {"identity"}
+    assert [r["Range"] for r in state.requests] == [None, f"bytes={len(stored) // 2}-"]
+
+
+# --- symlinks in local source folders -------------------------------------------------------------
+
+
+def _source_tree(tmp_path: Path) -> tuple[Path, Path]:
+    """A claim under a pvc root: snapshot/ holds a model whose files link to ../blobs (HF cache style)."""
+    claim = tmp_path / "mnt" / "claim"
+    (claim / "blobs").mkdir(parents=True)
+    (claim / "blobs" / "abc").write_bytes(b"weights")
+    snapshot = claim / "snapshot"
+    (snapshot / "sub").mkdir(parents=True)
+    (snapshot / "model.onnx").symlink_to("../blobs/abc")
+    (snapshot / "sub" / "x.bin").write_bytes(b"x")
+    (snapshot / "alias.bin").symlink_to("sub/x.bin")
+    outside = tmp_path / "outside-secret"
+    outside.write_bytes(b"not for the cache")
+    return claim, outside
+
+
+def test_symlinks_that_stay_in_the_source_are_copied_as_files(tmp_path: Path) -> None:
+    claim, _ = _source_tree(tmp_path)
+    record = fetch(_settings(tmp_path / "a", "pvc://claim/snapshot", pvc_root=tmp_path / "mnt"))
+    assert sorted(f["path"] for f in record["files"]) == ["alias.bin", "model.onnx", "sub/x.bin"]
+    assert (tmp_path / "a" / "model.onnx").read_bytes() == b"weights"
+    assert not (tmp_path / "a" / "model.onnx").is_symlink()
+    assert (tmp_path / "a" / "alias.bin").read_bytes() == b"x"
+    # file://: the folder named is the bound; a link within it is followed.
+    (claim / "snapshot" / "model.onnx").unlink()
+    (claim / "snapshot" / "model.onnx").write_bytes(b"weights")
+    via_file = fetch(_settings(tmp_path / "b", (claim / "snapshot").as_uri()))
+    assert (tmp_path / "b" / "alias.bin").read_bytes() == b"x"
+    assert via_file["sha256"] == record["sha256"]
+
+
+@pytest.mark.parametrize("scheme", ["pvc", "file"])
+def test_symlinks_that_leave_the_source_are_refused(tmp_path: Path, scheme: str) -> None:
+    claim, outside = _source_tree(tmp_path)
+    (claim / "snapshot" / "sub" / "leak.bin").symlink_to(outside)
+    if scheme == "file":  # the folder named is the bound: the link to ../blobs would leave it first
+        (claim / "snapshot" / "model.onnx").unlink()
+    source = "pvc://claim/snapshot" if scheme == "pvc" else (claim / "snapshot").as_uri()
+    with pytest.raises(FetchError) as caught:
+        fetch(_settings(tmp_path / "dest", source, pvc_root=tmp_path / "mnt"))
+    root = claim if scheme == "pvc" else claim / "snapshot"
+    assert str(caught.value) == (
+        f"{source}: sub/leak.bin is a symlink to {outside}, outside the source root {root}; "
+        "refusing to follow it"
+    )
+    assert not [p for p in (tmp_path / "dest").rglob("*") if p.read_bytes() == b"not for the cache"]
+
+
+def test_a_symlinked_folder_is_refused(tmp_path: Path) -> None:
+    claim, _ = _source_tree(tmp_path)
+    (claim / "snapshot" / "loop").symlink_to("..")  # inside the claim, but a cycle
+    with pytest.raises(FetchError, match="loop is a symlink to a folder"):
+        fetch(_settings(tmp_path / "dest", "pvc://claim/snapshot", pvc_root=tmp_path / "mnt"))
+    (claim / "snapshot" / "loop").unlink()
+    (claim / "snapshot" / "etc").symlink_to("/etc")
+    with pytest.raises(FetchError, match="etc is a symlink to /etc, outside the source root"):
+        fetch(_settings(tmp_path / "dest", "pvc://claim/snapshot", pvc_root=tmp_path / "mnt"))
+
+
+# --- a folder fetch retried on a nearly full volume -----------------------------------------------
+
+
+@pytest.fixture
+def flaky_hub() -> Iterator[tuple[str, set[str], list[tuple[str, str | None]]]]:
+    """The hub, with files that answer 404 while named in `missing`, and a log of requests."""
+    server = _QuietServer(("127.0.0.1", 0), _HubHandler)
+    missing: set[str] = set()
+    requests: list[tuple[str, str | None]] = []
+    server.corrupt, server.missing, server.requests = set(), missing, requests  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", missing, requests
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_folder_retry_needs_space_only_for_what_is_left(
+    flaky_hub: tuple[str, set[str], list[tuple[str, str | None]]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url, missing, requests = flaky_hub
+    files = HUB_FILES["org/genai"]
+    missing.add("cpu/int4/model.onnx.data")
+    with pytest.raises(FetchError, match="HTTP 404"):
+        fetch(_settings(tmp_path, "hf://org/genai/cpu/int4", hf_endpoint=url))
+    assert (tmp_path / "model.onnx").read_bytes() == files["cpu/int4/model.onnx"]  # done before the cut
+    data = files["cpu/int4/model.onnx.data"]
+    (tmp_path / ".model.onnx.data.part").write_bytes(data[:150_000])  # a cut transfer's part
+    missing.clear()
+    requests.clear()
+    left = len(data) - 150_000 + len(files["cpu/int4/tokenizer.json"])
+    # Room for what is left (and the margin), far from room for the whole folder.
+    monkeypatch.setattr("slm_runtime.fetch._free_bytes", lambda path: _SPACE_MARGIN + left + 100)
+
+    record = fetch(_settings(tmp_path, "hf://org/genai/cpu/int4", hf_endpoint=url))
+    assert record["verified"] is True
+    for name in ("model.onnx", "model.onnx.data", "tokenizer.json", "genai_config.json"):
+        assert (tmp_path / name).read_bytes() == files[f"cpu/int4/{name}"]
+    fetched = [(path.rsplit("/", 1)[-1], ranged) for path, ranged in requests if "/resolve/" in path]
+    assert fetched == [("model.onnx.data", "bytes=150000-"), ("tokenizer.json", None)]
+
+
+# --- every failure ends in a Failed record and one line ---------------------------------------------
+
+
+def _failed_cli(
+    tmp_path: Path, source: str, env: dict[str, str] | None = None
+) -> tuple[str, dict[str, Any], str]:
+    """Runs the CLI, expecting failure: (last stderr line, the record, the termination message)."""
+    log = tmp_path / "termination-log"
+    log.touch()
+    process = _cli(tmp_path / "cache", source, "--termination-log", str(log), "--retries", "1", env=env)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    record = json.loads((tmp_path / "cache" / RESULT_FILE).read_text())
+    assert record["phase"] == "Failed"
+    assert "\n" not in record["error"]
+    assert log.read_text() == record["error"]
+    return stderr.strip().splitlines()[-1], record, log.read_text()
+
+
+def test_a_redirect_loop_ends_in_a_failed_record(versioned: tuple[str, Versioned], tmp_path: Path) -> None:
+    url, _ = versioned
+    last, record, message = _failed_cli(tmp_path, url + "/loop/model.gguf")
+    assert (
+        message
+        == f"error: fetching {url}/loop/model.gguf failed: TooManyRedirects: Exceeded maximum allowed redirects."
+    )
+    assert last == message.replace("error: ", "fetch failed: ", 1)
+    assert record["source"] == url + "/loop/model.gguf"
+
+
+@pytest.mark.parametrize(
+    ("repo", "expected"),
+    [
+        ("org/notjson", "is not JSON"),
+        (
+            "org/nopath",
+            'malformed entry in the listing from {url}/api/models/org/nopath/tree/main?recursive=true: {{"type": "file", "size": 3}}',
+        ),
+        ("org/notalist", "unexpected listing from"),
+    ],
+)
+def test_a_bad_listing_ends_in_a_failed_record(
+    hub: tuple[str, set[str]], tmp_path: Path, repo: str, expected: str
+) -> None:
+    url, _ = hub
+    last, record, message = _failed_cli(tmp_path, f"hf://{repo}", env={"SLM_HF_ENDPOINT": url})
+    assert message.startswith("error: ")
+    assert expected.format(url=url) in message
+    assert last == message.replace("error: ", "fetch failed: ", 1)
+    assert record["source"] == f"hf://{repo}"
+
+
+def test_an_unexpected_error_still_ends_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    def broken(settings: FetchSettings) -> None:
+        raise KeyError("bug")
+
+    monkeypatch.setattr("slm_runtime.fetch.plan_fetch", broken)
+    log = tmp_path / "termination-log"
+    log.touch()
+    assert run(_settings(tmp_path / "cache", "https://example.invalid/m.gguf", termination_log=log)) == 1
+    assert log.read_text() == "error: unexpected KeyError: 'bug'"
+    assert capfd.readouterr().err.strip().splitlines()[-1] == "fetch failed: unexpected KeyError: 'bug'"
+    assert json.loads((tmp_path / "cache" / RESULT_FILE).read_text())["phase"] == "Failed"
+
+
+# --- credentials in the source never reach the record, the logs or the termination message ---------
+
+SECRETS = ("u53rn4me", "s3cr3tpass", "AKIAEXAMPLE", "deadbeefsig", "azuresig", "tok3n", "acc3ss", "s1gnature")
+QUERY = (
+    "?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAEXAMPLE%2F20240101%2Fus-east-1"
+    "&X-Amz-Signature=deadbeefsig&sig=azuresig&token=tok3n&access_token=acc3ss&signature=s1gnature&v=2"
+)
+
+
+def test_redact_url() -> None:
+    from slm_runtime.redact import redact_text, redact_url
+
+    assert (
+        redact_url("https://user:pass@host.example:8443/a/b.gguf") == "https://***@host.example:8443/a/b.gguf"
+    )
+    assert redact_url("https://tokenonly@host/x") == "https://***@host/x"
+    assert redact_url("https://h/x.gguf" + QUERY) == (
+        "https://h/x.gguf?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=***&X-Amz-Signature=***"
+        "&sig=***&token=***&access_token=***&signature=***&v=2"
+    )
+    assert redact_url("https://h/x?SIG=a&Token=b&sigma=c") == "https://h/x?SIG=***&Token=***&sigma=c"
+    assert redact_url("https://h/x#access_token=abc") == "https://h/x#access_token=***"
+    for plain in ("https://h/x.gguf?v=1", "hf://org/repo/m.gguf@main", "pvc://claim/a b", "/local/path", ""):
+        assert redact_url(plain) == plain
+    assert redact_text("GET https://a:b@h/x?token=t failed; see http://h/y") == (
+        "GET https://***@h/x?token=*** failed; see http://h/y"
+    )
+
+
+@pytest.mark.parametrize("kind", ["userinfo", "presigned"])
+@pytest.mark.parametrize("outcome", ["Ready", "Failed"])
+def test_credentials_in_the_source_are_redacted_everywhere(
+    versioned: tuple[str, Versioned],
+    tmp_path: Path,
+    kind: str,
+    outcome: str,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    url, state = versioned
+    host = url.removeprefix("http://")
+    path = "/file.bin" if outcome == "Ready" else "/gone.bin"
+    if kind == "userinfo":
+        source, shown = f"http://u53rn4me:s3cr3tpass@{host}{path}", f"http://***@{host}{path}"
+    else:
+        source = url + path + QUERY
+        shown = (
+            f"{url}{path}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=***&X-Amz-Signature=***"
+            "&sig=***&token=***&access_token=***&signature=***&v=2"
+        )
+    caplog.set_level(logging.DEBUG)
+    state.cut_first = 1  # a retry line, too
+    log = tmp_path / "termination-log"
+    log.touch()
+    out = io.StringIO()
+    code = run(_settings(tmp_path / "cache", source, termination_log=log), out)
+    assert code == (0 if outcome == "Ready" else 1)
+    assert state.requests  # the real URL, credentials included, was used
+    if kind == "userinfo":
+        assert state.requests[0]["Authorization"] is not None
+    else:
+        assert "X-Amz-Signature=deadbeefsig" in str(state.requests[0]["path"])
+    record = json.loads((tmp_path / "cache" / RESULT_FILE).read_text())
+    assert (record["phase"], record["source"]) == (outcome, shown)
+    captured = capfd.readouterr()
+    everything = "\n".join(
+        [
+            json.dumps(record),
+            log.read_text(),
+            out.getvalue(),
+            captured.out,
+            captured.err,
+            *(r.getMessage() for r in caplog.records),
+        ]
+    )
+    assert any("HTTP Request" in r.getMessage() for r in caplog.records)  # httpx's request log, redacted
+    leaked = [secret for secret in SECRETS if secret in everything]
+    assert leaked == [], everything
+    # Cached again under the same (redacted) source: a rotated presigned signature still finds it.
+    if outcome == "Ready":
+        assert fetch(_settings(tmp_path / "cache", source)) == record
