@@ -376,3 +376,34 @@ def test_corrupted_model_on_the_claim_is_detected_and_fetched_again(e2e: E2E) ->
     wait_for(repaired, timeout=60, what="the cached file to be fetched again")
     text, _ = _chat_both_clients(e2e.base_url(name), "Say hello.")
     assert ENGLISH.search(text), text
+
+
+def test_a_rotated_api_key_secret_reaches_the_running_pod_without_a_restart(e2e: E2E) -> None:
+    import httpx
+
+    name = "keyed"
+    secret = f"{name}-key"
+
+    def put_secret(value: str) -> None:
+        e2e.cluster.apply([
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret, "namespace": e2e.namespace},
+             "stringData": {"token": f"{value}\n"}},  # a trailing newline, as --from-file makes
+        ])  # fmt: skip
+
+    put_secret("first-key")
+    e2e.apply(name, realpods.real_node_spec(api={"apiKeySecretRef": {"name": secret, "key": "token"}}))
+    e2e.wait_ready(name)
+    base = e2e.base_url(name)
+
+    def status(key: str | None) -> int:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.get(f"{base}/v1/models", headers=headers, timeout=10).status_code
+
+    assert (status(None), status("first-key"), status("second-key")) == (401, 200, 401)
+    pod = e2e.runtime_pods(name)[0]
+    put_secret("second-key")
+    wait_for(lambda: status("second-key") == 200, timeout=180, interval=2, what="the rotated key in force")
+    assert status("first-key") == 401
+    after = e2e.runtime_pods(name)
+    assert [p["metadata"]["name"] for p in after] == [pod["metadata"]["name"]]  # the same pod ...
+    assert after[0]["status"]["containerStatuses"][0]["restartCount"] == 0  # ... never restarted
