@@ -391,7 +391,9 @@ class Reconciler:
             job_seen = _from_record(JobObservation(name="", succeeded=True), record)
         else:
             if job is None:
-                job = await self._apply_if_drifted(build_fetch_job(plan), None, result)
+                attached = await self._node_holding_claim(plan, deployment)
+                manifest = build_fetch_job(plan, attached_node=attached)
+                job = await self._apply_if_drifted(manifest, None, result)
             pods: list[dict[str, Any]] = []
             if _job_failed(job) or _job_failed_pods(job) or (_job_complete(job) and record is None):
                 # The fetcher's last word (error, or its result record) is in the pod's
@@ -429,6 +431,25 @@ class Reconciler:
             runtime=runtime,
             model_corrupted=corrupted,
         )
+
+    async def _node_holding_claim(self, plan: Plan, deployment: Mapping[str, Any] | None) -> str:
+        """The node where serving Pods have a single-attach cache claim mounted, else "".
+
+        Asked only when a fetch Job is about to be created (a new model version on a claim that
+        serves the old one), so it costs one list per new model, none in steady state.
+        """
+        if plan.cache.access_mode == "ReadWriteMany" or deployment is None:
+            return ""
+        owner = plan.owner
+        pods = await self.api.list("Pod", owner.namespace, selector_string(owner.name))
+        nodes = sorted(
+            str(pod["spec"]["nodeName"])
+            for pod in pods
+            if (pod.get("spec") or {}).get("nodeName")
+            and not (pod.get("metadata") or {}).get("deletionTimestamp")
+            and (pod.get("status") or {}).get("phase") in ("Pending", "Running")
+        )
+        return nodes[0] if nodes else ""
 
     async def _write_cached_models(self, plan: Plan, cached: Mapping[str, Any]) -> None:
         """Set the claim's record of the models it holds, and remember it (the watch may lag)."""

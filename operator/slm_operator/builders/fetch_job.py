@@ -34,6 +34,7 @@ SOURCE_VOLUME = "model-source"
 FETCH_FLAGS: tuple[str, ...] = ("--source", "--dest", "--filename", "--sha256", "--quantize")
 FETCH_ENV_NAMES: tuple[str, ...] = ("SLM_HF_TOKEN",)
 _MiB = 1 << 20
+HOSTNAME_LABEL = "kubernetes.io/hostname"
 
 
 def fetch_command(plan: Plan) -> list[str]:
@@ -65,8 +66,13 @@ def source_claim(source: str) -> str:
     return source.removeprefix("pvc://").split("/", 1)[0]
 
 
-def build_fetch_job(plan: Plan) -> dict[str, Any]:
-    """A Job named after the model version; it lands where the servers will (same scheduling)."""
+def build_fetch_job(plan: Plan, *, attached_node: str = "") -> dict[str, Any]:
+    """A Job named after the model version; it lands where the servers will (same scheduling).
+
+    ``attached_node``: the node that has a single-attach (ReadWriteOnce) cache claim mounted now
+    (a serving Pod there); the Job must run there too, or it would wait for a volume that cannot
+    attach twice.
+    """
     name = plan.owner.name
     model = plan.model
     memory_limit = 1024 * _MiB
@@ -116,6 +122,8 @@ def build_fetch_job(plan: Plan) -> dict[str, Any]:
         ],
         "volumes": volumes,
     }
+    if attached_node:
+        pod_spec["nodeSelector"] = {**pod_spec.get("nodeSelector", {}), HOSTNAME_LABEL: attached_node}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -715,3 +715,28 @@ async def test_an_invalid_spec_is_reported_once_and_then_left_alone(api: FakeApi
     api.writes.clear()
     again = await reconciler.reconcile(KEY)
     assert not again.status_written and api.writes == []
+
+
+@pytest.mark.parametrize(("access_mode", "pinned"), [("ReadWriteOnce", "cpu-0"), ("ReadWriteMany", None)])
+async def test_a_new_fetch_follows_a_single_attach_claim_to_its_node(
+    api: FakeApi, reconciler: Reconciler, access_mode: str, pinned: str | None
+) -> None:
+    spec = {**SPEC, "cache": {"accessMode": access_mode}}
+    api.put(slm_body(spec))
+    await reconciler.reconcile(KEY)
+    first_job = set_job_condition(api, "Complete")
+    watched(reconciler)
+    await reconciler.reconcile(KEY)
+    make_deployment_ready(api)
+    put_runtime_pod(api, "old-model", {"state": {"running": {}}, "ready": True})
+    pod = api.objects[("Pod", "ai", "assistant-6d4f-x2")]
+    pod["spec"] = {"nodeName": "cpu-0"}
+    pod["status"]["phase"] = "Running"
+    # A new model version on the same claim: its fetch Job must reach the volume where it is mounted.
+    api.put(slm_body({**spec, "model": {"name": "qwen2.5:0.5b", "quantization": "q4_k_m"}}, generation=2))
+    watched(reconciler)
+    await reconciler.reconcile(KEY)
+    jobs = [o for (k, _, n), o in api.objects.items() if k == "Job" and n != first_job]
+    assert len(jobs) == 1
+    node_selector = jobs[0]["spec"]["template"]["spec"].get("nodeSelector", {})
+    assert node_selector.get("kubernetes.io/hostname") == pinned
