@@ -15,6 +15,7 @@ from typing import Any
 
 import kopf
 
+from slm_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
 from slm_operator.catalog import load_catalog
 from slm_operator.k8s import Kubernetes
 from slm_operator.metrics import OperatorMetrics
@@ -25,7 +26,6 @@ from slm_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 
-GROUP, VERSION, PLURAL = "slm.dev", "v1alpha1", "slmdeployments"
 CHILD_SELECTOR: dict[str, Any] = {MANAGED_BY_LABEL: MANAGED_BY, INSTANCE_LABEL: kopf.PRESENT}
 RESYNC_SECONDS = 600.0
 

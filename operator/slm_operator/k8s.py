@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import aiohttp
 from kubernetes_asyncio import client, config
 
+from slm_operator.api.v1alpha1 import API_VERSION, KIND, PLURAL
 from slm_operator.metrics import OperatorMetrics
 from slm_operator.naming import FIELD_MANAGER
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 # kind -> (API path prefix, plural, namespaced)
 KINDS: dict[str, tuple[str, str, bool]] = {
-    "SLMDeployment": ("/apis/slm.dev/v1alpha1", "slmdeployments", True),
+    KIND: (f"/apis/{API_VERSION}", PLURAL, True),
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims", True),
     "Service": ("/api/v1", "services", True),
     "Pod": ("/api/v1", "pods", True),

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from slm_operator.api.v1alpha1 import (
+    API_VERSION,
     GGUF_QUANTIZATIONS,
+    KIND,
     ONNX_QUANTIZATIONS,
     SLMDeploymentSpec,
     Tier,
@@ -157,8 +159,8 @@ class Owner:
     name: str
     namespace: str
     uid: str
-    api_version: str = "slm.dev/v1alpha1"
-    kind: str = "SLMDeployment"
+    api_version: str = API_VERSION
+    kind: str = KIND
 
     @classmethod
     def from_resource(cls, resource: Mapping[str, Any]) -> Owner:
@@ -168,8 +170,8 @@ class Owner:
             name=str(metadata["name"]),
             namespace=str(metadata.get("namespace") or "default"),
             uid=str(metadata.get("uid") or ""),
-            api_version=str(resource.get("apiVersion") or "slm.dev/v1alpha1"),
-            kind=str(resource.get("kind") or "SLMDeployment"),
+            api_version=str(resource.get("apiVersion") or API_VERSION),
+            kind=str(resource.get("kind") or KIND),
         )
 
 

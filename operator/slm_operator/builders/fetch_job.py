@@ -24,7 +24,7 @@ from slm_operator.naming import (
     NAME_LABEL,
     fetch_job_name,
 )
-from slm_operator.resolve import MODELS_MOUNT_PATH, Plan
+from slm_operator.resolve import HOSTNAME_LABEL, MODELS_MOUNT_PATH, Plan
 
 FETCH_CONTAINER = "fetch"
 # Where `slm_runtime fetch` looks for pvc://claim/path sources (FetchSettings.pvc_root).
@@ -34,7 +34,6 @@ SOURCE_VOLUME = "model-source"
 FETCH_FLAGS: tuple[str, ...] = ("--source", "--dest", "--filename", "--sha256", "--quantize")
 FETCH_ENV_NAMES: tuple[str, ...] = ("SLM_HF_TOKEN",)
 _MiB = 1 << 20
-HOSTNAME_LABEL = "kubernetes.io/hostname"
 
 
 def fetch_command(plan: Plan) -> list[str]:
