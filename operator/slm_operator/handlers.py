@@ -57,6 +57,7 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # our reconciler posts the Events users need
     settings.watching.server_timeout = 300  # re-establish watches every 5 minutes at most
     settings.networking.request_timeout = 60
+    select_children_server_side(settings)
     operator_settings = OperatorSettings()
     catalog = load_catalog(operator_settings.catalog_overrides())
     state.kube = await Kubernetes.connect(state.metrics)
@@ -139,12 +140,23 @@ def _child_handler(kind: str) -> Any:
     return child_event
 
 
-for _group, _version, _plural, _kind in (
+CHILD_RESOURCES = (
     ("apps", "v1", "deployments", "Deployment"),
     ("", "v1", "services", "Service"),
     ("batch", "v1", "jobs", "Job"),
     ("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim"),
-):
+)
+
+
+def select_children_server_side(settings: kopf.OperatorSettings) -> None:
+    """The apiserver sends only our children's events (labelSelector on the watch), so the operator
+    neither receives nor caches every Deployment, Service, Job and claim of the cluster; the
+    handlers' own label filter stays as a second check."""
+    for group, version, plural, _ in CHILD_RESOURCES:
+        settings.watching.label_selectors[group, version, plural] = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+
+
+for _group, _version, _plural, _kind in CHILD_RESOURCES:
     kopf.on.event(_group, _version, _plural, labels=CHILD_SELECTOR, id=f"child-{_plural}")(
         _child_handler(_kind)
     )
