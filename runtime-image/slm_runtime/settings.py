@@ -69,6 +69,13 @@ class ServeSettings(_SlmSettings):
     chat_template: str = Field(
         default="", description="Jinja chat template overriding the one in the model's metadata."
     )
+    tool_call_format: Literal["auto", "hermes", "llama3", "mistral", "phi4", "none"] = Field(
+        default="auto",
+        description="How the model writes tool calls, parsed out of its output into tool_calls when a request "
+        "gives tools: hermes (<tool_call>, Qwen), llama3 (<|python_tag|> or a bare JSON object), mistral "
+        "([TOOL_CALLS]), phi4 (<|tool_call|>); auto detects it from the chat template (hermes when it names "
+        "none); none returns output as text and refuses a forced tool_choice.",
+    )
     default_parameters: dict[str, Any] = Field(
         default_factory=dict,
         description="JSON object of default Ollama options (Modelfile PARAMETER), e.g. temperature, stop.",

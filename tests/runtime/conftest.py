@@ -19,7 +19,12 @@ from fastapi import FastAPI
 from slm_runtime.app import create_app
 from slm_runtime.runtime import Runtime
 from slm_runtime.settings import ServeSettings
-from slm_runtime.testing.tiny_models import write_tiny_gguf, write_tiny_onnx, write_tiny_onnx_embedding
+from slm_runtime.testing.tiny_models import (
+    HERMES_TOOLS_TEMPLATE,
+    write_tiny_gguf,
+    write_tiny_onnx,
+    write_tiny_onnx_embedding,
+)
 
 
 def free_port() -> int:
@@ -126,6 +131,27 @@ def gguf_server(tiny_gguf: Path) -> Iterator[RunningServer]:
         threads=2,
         default_parameters='{"temperature": 0, "num_predict": 16}',
         system_prompt="You are tiny.",
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_tools_gguf(models_dir: Path) -> Path:
+    """The tiny model with a Hermes/Qwen-style tool-use template (dialect detected as hermes)."""
+    return write_tiny_gguf(models_dir / "tiny-tools.gguf", chat_template=HERMES_TOOLS_TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def tools_server(tiny_tools_gguf: Path) -> Iterator[RunningServer]:
+    server = start_server(
+        model=tiny_tools_gguf,
+        model_name="tiny-tools:latest",
+        context_length=2048,
+        parallel_requests=2,
+        max_queue=4,
+        threads=2,
+        default_parameters='{"temperature": 0, "num_predict": 16}',
     )
     yield server
     server.stop()

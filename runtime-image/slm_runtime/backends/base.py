@@ -56,6 +56,8 @@ class SamplingOptions:
     stop: tuple[str, ...] = ()
     json_mode: bool = False
     json_schema: dict[str, Any] | None = None
+    grammar: str | None = None  # GBNF with root rule `root` (a forced tool call); wins over the JSON fields
+    special_tokens: bool = False  # show special tokens' text (tool-call markers are often special tokens)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from slm_runtime.backends.base import BackendError, SamplingOptions
 log = logging.getLogger(__name__)
 
 CACHE_SIZE = 32
+_GBNF = "gbnf:"  # cache keys of ready GBNF grammars
 _LOGGED_CHARS = 200  # of llama.cpp's parse error, enough to say what is wrong
 # fd 2 is process-wide: one capture at a time, or two threads would restore each other's copy.
 _fd2_lock = threading.Lock()
@@ -81,7 +82,9 @@ class GrammarCache:
 
     def get(self, options: SamplingOptions) -> Grammar | None:
         """The request's grammar, None without one; raises BackendError for a schema llama.cpp refuses."""
-        if options.json_schema is not None:
+        if options.grammar is not None:
+            key = _GBNF + options.grammar  # a schema's key starts with "{": no clash
+        elif options.json_schema is not None:
             key = json.dumps(options.json_schema, sort_keys=True, separators=(",", ":"))
         elif options.json_mode:
             key = ""
@@ -111,6 +114,8 @@ class GrammarCache:
         return sampler
 
     def _compile(self, key: str) -> Grammar | str:
+        if key.startswith(_GBNF):
+            return self._parse(Grammar(key[len(_GBNF) :], "root"), "the tool-call grammar")
         try:
             if key:
                 converted = LlamaGrammar.from_json_schema(key, verbose=False)
@@ -118,14 +123,17 @@ class GrammarCache:
                 converted = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
         except Exception as exc:  # the converter asserts on what it cannot express
             return f"cannot build a grammar from the JSON schema: {str(exc)[:_LOGGED_CHARS]}"
-        grammar = Grammar(converted._grammar, converted._root)
+        return self._parse(Grammar(converted._grammar, converted._root), "the JSON schema")
+
+    def _parse(self, grammar: Grammar, what: str) -> Grammar | str:
+        """The grammar if llama.cpp parses it, else the rejection to report (its dump kept out of the log)."""
         with _captured_fd2() as captured:
             sampler = llama_cpp.llama_sampler_init_grammar(
                 self._vocab, grammar.text.encode(), grammar.root.encode()
             )
         if not sampler:
-            log.warning("llama.cpp rejected a JSON-schema grammar: %s", _first_line(captured[0]))
-            return "the JSON schema gives a grammar llama.cpp cannot parse"
+            log.warning("llama.cpp rejected %s: %s", what, _first_line(captured[0]))
+            return f"{what} gives a grammar llama.cpp cannot parse"
         llama_cpp.llama_sampler_free(sampler)
         if captured[0]:  # no dump on success: pass on what other threads wrote meanwhile
             sys.stderr.write(captured[0])

@@ -4,6 +4,9 @@ One llama context holds up to `parallel_requests` sequences. A worker thread run
 each step carries one token for every sequence that is generating plus prompt chunks of sequences
 that are still reading their prompt, so new requests join between steps and nobody waits for
 another request to finish (the way llama.cpp's own server batches its slots).
+
+Past 400 lines: native calls, the batch scheduler, sampling, chat rendering and embeddings are
+still one class; splitting them into `backends/llama_cpp/` is the redesign's step (issue 10).
 """
 
 from __future__ import annotations
@@ -425,7 +428,8 @@ class LlamaCppBackend:
                 self._finish(running, seq, "stop")
                 continue
             seq.generated.append(token)
-            text, hit_stop = seq.stop.feed(seq.decoder.decode(self._piece(token)))
+            piece = self._piece(token, special=seq.job.options.special_tokens)
+            text, hit_stop = seq.stop.feed(seq.decoder.decode(piece))
             if text:
                 seq.job.emit_token(text)
             if hit_stop:

@@ -6,7 +6,7 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any, Literal
 
@@ -21,6 +21,8 @@ from slm_runtime.options import sampling_from_openai
 from slm_runtime.routes.ollama import embed_texts
 from slm_runtime.runtime import ClosingStreamingResponse, Runtime, chat_messages, collect, generate
 from slm_runtime.scheduler import Ticket
+from slm_runtime.tool_calls import ToolCall, ToolCallStream, parse_tool_calls, template_messages
+from slm_runtime.tool_use import ToolPlan, call_id, limit_calls, plan_tools
 
 
 class _Request(BaseModel):
@@ -47,6 +49,8 @@ class ChatCompletionRequest(_Request):
     stream_options: StreamOptions | None = None
     n: int | None = None
     tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(_Request):
@@ -94,7 +98,7 @@ def _text_content(content: str | list[dict[str, Any]] | None) -> str:
 def _refuse_unsupported(raw: dict[str, Any], *, chat: bool) -> None:
     """Fields that would change the answer but are not implemented are refused by name, not dropped.
 
-    Their neutral values (n 1, logprobs false, tool_choice auto or none, null) pass, as clients send them.
+    Their neutral values (n 1, logprobs false, null) pass, as clients send them.
     """
     refusals: list[tuple[str, bool, str]] = [
         ("n", raw.get("n") not in (None, 1), "only one choice per request is supported"),
@@ -104,11 +108,6 @@ def _refuse_unsupported(raw: dict[str, Any], *, chat: bool) -> None:
         refusals += [
             ("logprobs", raw.get("logprobs") not in (None, False), "log probabilities are not supported"),
             ("top_logprobs", raw.get("top_logprobs") not in (None, 0), "log probabilities are not supported"),
-            (
-                "tool_choice",
-                raw.get("tool_choice") not in (None, "auto", "none"),
-                'only "auto" and "none" are supported; the model is not forced to call a tool',
-            ),
         ]
     else:
         refusals += [
@@ -132,6 +131,51 @@ def _sse(events: AsyncGenerator[dict[str, Any], None], ticket: Ticket) -> Closin
         yield b"data: [DONE]\n\n"
 
     return ClosingStreamingResponse(lines(), media_type="text/event-stream", ticket=ticket)
+
+
+def _openai_call(call: ToolCall, id_: str, index: int | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {} if index is None else {"index": index}
+    entry.update(
+        {
+            "id": id_,
+            "type": "function",
+            "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)},
+        }
+    )
+    return entry
+
+
+async def _chat_events(
+    stream: AsyncGenerator[str | GenerationStats, None],
+    plan: ToolPlan,
+    chunk: Callable[[dict[str, Any], str | None], dict[str, Any]],
+    include_usage: bool,
+) -> AsyncGenerator[dict[str, Any], None]:
+    """Chat chunks: text as it comes (held back where it may open a tool call), then the calls, one
+    chunk each with the whole arguments, then the finish reason and the usage."""
+    calls_stream = ToolCallStream(plan.dialect) if plan.dialect is not None else None
+    yield chunk({"role": "assistant", "content": ""}, None)
+    async with aclosing(stream):
+        async for item in stream:
+            if not isinstance(item, GenerationStats):
+                text = calls_stream.feed(item) if calls_stream is not None else item
+                if text:
+                    yield chunk({"content": text}, None)
+                continue
+            calls: list[ToolCall] = []
+            if calls_stream is not None:
+                rest, calls = calls_stream.finish()
+                calls = limit_calls(calls, plan)
+                if rest:
+                    yield chunk({"content": rest}, None)
+            for index, call in enumerate(calls):
+                yield chunk({"tool_calls": [_openai_call(call, call_id(), index)]}, None)
+            yield chunk({}, "tool_calls" if calls else item.done_reason)
+            if include_usage:
+                usage_event = chunk({}, None)
+                usage_event["choices"] = []
+                usage_event["usage"] = _usage(item)
+                yield usage_event
 
 
 def build_router() -> APIRouter:
@@ -161,6 +205,14 @@ def build_router() -> APIRouter:
         options = sampling_from_openai(
             runtime.settings.default_parameters, raw, context_length=backend.details.context_length
         )
+        plan = plan_tools(
+            body.tools,
+            body.tool_choice,
+            body.parallel_tool_calls,
+            setting=runtime.settings.tool_call_format,
+            details=backend.details,
+            options=options,
+        )
         messages = []
         for m in body.messages:
             entry: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role}
@@ -169,21 +221,29 @@ def build_router() -> APIRouter:
                 entry["tool_calls"] = m.tool_calls
             if m.tool_call_id:
                 entry["tool_call_id"] = m.tool_call_id
+            if m.name and m.role == "tool":
+                entry["name"] = m.name
             messages.append(entry)
         try:
-            text = backend.render_chat(chat_messages(runtime, messages), body.tools)
+            text = backend.render_chat(chat_messages(runtime, template_messages(messages)), plan.tools)
             prompt_tokens = backend.tokenize(text, add_special=True)
         except BackendError as exc:
             raise ApiError(400, str(exc), param="messages") from exc
-        ticket = await runtime.start(prompt_tokens, options)
-        stream = generate(runtime, request, ticket, prompt_tokens, options)
+        ticket = await runtime.start(prompt_tokens, plan.options)
+        stream = generate(runtime, request, ticket, prompt_tokens, plan.options)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         model_name = runtime.model_name
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
         if not body.stream:
-            content, stats = await collect(stream)
+            output, stats = await collect(stream)
+            parsed = parse_tool_calls(output, plan.dialect)
+            calls = limit_calls(parsed.calls, plan)
+            message: dict[str, Any] = {"role": "assistant", "content": parsed.content}
+            if calls:
+                message["content"] = parsed.content or None
+                message["tool_calls"] = [_openai_call(call, call_id()) for call in calls]
             return {
                 "id": completion_id,
                 "object": "chat.completion",
@@ -193,9 +253,9 @@ def build_router() -> APIRouter:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": content},
+                        "message": message,
                         "logprobs": None,
-                        "finish_reason": stats.done_reason,
+                        "finish_reason": "tool_calls" if calls else stats.done_reason,
                     }
                 ],
                 "usage": _usage(stats),
@@ -214,21 +274,7 @@ def build_router() -> APIRouter:
                 event["usage"] = None
             return event
 
-        async def events() -> AsyncGenerator[dict[str, Any], None]:
-            yield chunk({"role": "assistant", "content": ""}, None)
-            async with aclosing(stream):
-                async for item in stream:
-                    if isinstance(item, GenerationStats):
-                        yield chunk({}, item.done_reason)
-                        if include_usage:
-                            usage_event = chunk({}, None)
-                            usage_event["choices"] = []
-                            usage_event["usage"] = _usage(item)
-                            yield usage_event
-                    else:
-                        yield chunk({"content": item}, None)
-
-        return _sse(events(), ticket)
+        return _sse(_chat_events(stream, plan, chunk, include_usage), ticket)
 
     @router.post("/completions", response_model=None)
     async def completions(request: Request, body: CompletionRequest) -> Response | dict[str, Any]:

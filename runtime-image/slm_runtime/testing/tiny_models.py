@@ -25,6 +25,24 @@ LLAMA_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}"
 )
 
+# Qwen/Hermes-style tool use in the llama GGUF's plain turn markers: tools listed in a system turn,
+# calls as <tool_call> JSON, results as <tool_response>. Like real templates that print the arguments
+# as an object, it refuses arguments that are not one (OpenAI clients send them as a JSON string).
+HERMES_TOOLS_TEMPLATE = (
+    "{{ bos_token }}{% if tools %}[system] # Tools\n<tools>\n{% for tool in tools %}{{ tool | tojson }}\n"
+    "{% endfor %}</tools>\nTo call a function, answer "
+    '<tool_call>{"name": <name>, "arguments": <args>}</tool_call>\n{% endif %}'
+    "{% for message in messages %}{% if message['role'] == 'tool' %}[tool] <tool_response>"
+    "{{ message['content'] }}</tool_response>\n"
+    "{% else %}[{{ message['role'] }}] {{ message['content'] or '' }}"
+    "{% for call in message['tool_calls'] or [] %}"
+    "{% if call['function']['arguments'] is not mapping %}"
+    "{{ raise_exception('tool call arguments must be an object') }}{% endif %}"
+    '<tool_call>{"name": "{{ call[\'function\'][\'name\'] }}", "arguments": '
+    "{{ call['function']['arguments'] | tojson }}}</tool_call>{% endfor %}{{ '\\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}"
+)
+
 
 def write_tiny_gguf(
     path: Path,
