@@ -106,17 +106,10 @@ def serve(settings: ServeSettings) -> int:
     failed = verify(settings)
     if failed:
         return failed
+    from slm_runtime.server import server_config
+
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.drain_timeout_seconds) or None,
-        log_level=settings.log_level,
-    )
-    _DrainingServer(config, settings.drain_delay_seconds).run()
+    _DrainingServer(server_config(app, settings), settings.drain_delay_seconds).run()
     return 0
 
 

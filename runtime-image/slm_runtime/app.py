@@ -158,6 +158,7 @@ def create_app(settings: ServeSettings, backend_factory: BackendFactory = load_b
         api_key=ApiKey(settings.api_key, settings.api_key_file),
         max_request_bytes=settings.max_request_bytes,
         log_prompts=settings.log_prompts,
+        body_timeout_seconds=settings.body_timeout_seconds,
         draining=lambda: runtime.draining,
     )
     return app

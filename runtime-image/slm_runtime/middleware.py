@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -31,12 +32,14 @@ class GuardMiddleware:
         api_key: ApiKey,
         max_request_bytes: int,
         log_prompts: bool,
+        body_timeout_seconds: float = 30.0,
         draining: Callable[[], bool] = lambda: False,
     ) -> None:
         self.app = app
         self.api_key = api_key
         self.max_request_bytes = max_request_bytes
         self.log_prompts = log_prompts
+        self.body_timeout_seconds = body_timeout_seconds
         self.draining = draining
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -75,8 +78,15 @@ class GuardMiddleware:
             chunks: list[bytes] = []
             size = 0
             more = scope["method"] in ("POST", "PUT", "PATCH")
+            # One deadline for the whole body: a client trickling bytes must not hold a connection.
+            deadline = asyncio.get_running_loop().time() + self.body_timeout_seconds
             while more:
-                message = await receive()
+                try:
+                    message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+                except TimeoutError:
+                    message_text = f"request body not received within {self.body_timeout_seconds:g}s"
+                    await error_response(path, 408, message_text)(scope, receive, send_logged)
+                    return
                 if message["type"] == "http.disconnect":
                     return
                 chunk = message.get("body", b"")

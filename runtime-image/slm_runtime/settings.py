@@ -59,6 +59,22 @@ class ServeSettings(_SlmSettings):
     batch_size: int = Field(default=512, ge=1, description="Prompt tokens decoded per step (n_batch).")
     parallel_requests: int = Field(default=4, ge=1, le=256, description="Sequences generated concurrently.")
     max_queue: int = Field(default=64, ge=0, description="Requests allowed to wait; beyond, 503.")
+    max_connections: int = Field(
+        default=0,
+        ge=0,
+        description="Open connections at most; beyond, 503. 0 = parallel_requests + max_queue + 64.",
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A connection that has not sent a whole request line and headers in this time is closed "
+        "(half-open and slow clients).",
+    )
+    body_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A request body not fully received in this time is answered 408.",
+    )
     threads: int = Field(default=0, ge=0, description="CPU threads; 0 = number of usable cores.")
     gpu_layers: int = Field(
         default=-1, ge=-1, description="Layers offloaded to the GPU (-1 = all on GPU builds; ignored on CPU)."

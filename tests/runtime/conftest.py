@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from slm_runtime.app import create_app
 from slm_runtime.runtime import Runtime
+from slm_runtime.server import server_config
 from slm_runtime.settings import ServeSettings
 from slm_runtime.testing.tiny_models import (
     HERMES_TOOLS_TEMPLATE,
@@ -80,7 +81,7 @@ def start_server(**overrides: Any) -> RunningServer:
     port = free_port()
     settings = ServeSettings(host="127.0.0.1", port=port, **overrides)
     app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+    config = server_config(app, settings)  # the guards `slm_runtime serve` runs with
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
