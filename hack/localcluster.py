@@ -685,7 +685,7 @@ def up(
         wait_default_service_account(cluster)
         if real_node:
             node_started = time.monotonic()
-            cluster.real_node_pids = realnode.start(cluster)
+            realnode.start(cluster, cluster.real_node_pids)  # filled as each process starts
             save(cluster, ports)
             cluster.wait_nodes_ready([realnode.NODE_NAME], timeout=120)
             log(f"real node {realnode.NODE_NAME} Ready in {time.monotonic() - node_started:.1f}s")

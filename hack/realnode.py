@@ -321,8 +321,12 @@ def node_state(cluster_state: Path) -> Path:
 
 
 # --- start ---------------------------------------------------------------------------------------
-def start(cluster: LocalCluster) -> dict[str, int]:
-    """Start containerd, kubelet and kube-proxy against ``cluster``; returns their PIDs."""
+def start(cluster: LocalCluster, pids: dict[str, int] | None = None) -> dict[str, int]:
+    """Start containerd, kubelet and kube-proxy against ``cluster``; returns their PIDs.
+
+    ``pids`` is filled as each process starts, so a start that fails half-way (and its caller's
+    clean-up) still knows what to stop.
+    """
     import images
     import localcluster
 
@@ -354,7 +358,8 @@ def start(cluster: LocalCluster) -> dict[str, int]:
         json.dumps(_kube_proxy_config(proxy_kubeconfig, ports), indent=2)
     )
     (state / "ports.json").write_text(json.dumps(ports))
-    pids: dict[str, int] = {}
+    if pids is None:
+        pids = {}
 
     log("starting containerd")
     pids["containerd"] = localcluster.start_process(
@@ -473,9 +478,30 @@ def _shim_pids(state: Path) -> list[int]:
     return found
 
 
+def _recorded_pids(cluster_state: Path, pids: dict[str, int]) -> dict[str, int]:
+    """The node's processes: those given, and those whose pid file a start left behind (a start that
+    failed before the cluster state was saved). A PID counts only while its command line still
+    names this cluster's state folder, so a reused PID is never taken for ours."""
+    found: dict[str, int] = {}
+    for name in COMPONENTS:
+        candidates = [pids[name]] if name in pids else []
+        with contextlib.suppress(OSError, ValueError):
+            candidates.append(int((cluster_state / f"{name}.pid").read_text().strip()))
+        for pid in candidates:
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(cluster_state).encode() in argv:
+                found[name] = pid
+                break
+    return found
+
+
 def stop(cluster_state: Path, pids: dict[str, int], bin_dir: Path | None) -> None:
     """Stop kube-proxy, kubelet, every container and containerd (the host state stays: see restore_host)."""
     state = node_state(cluster_state)
+    pids = _recorded_pids(cluster_state, pids)
     if "kube-proxy" in pids:
         _stop_pid(pids["kube-proxy"])
         if bin_dir is not None and (bin_dir / "kube-proxy").exists():

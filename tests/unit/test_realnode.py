@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +115,19 @@ def test_sockets_stay_within_the_unix_socket_limit() -> None:
     assert len(f"{realnode.kubelet_root(deep)}/plugins_registry/kubernetes.io-csi-123456789.sock") <= 107
     assert len(f"{realnode.kubelet_root(short)}/plugins_registry/kubernetes.io-csi-123456789.sock") <= 107
     assert f'address = "{realnode.socket_path(deep)}"' in realnode._containerd_config(deep)
+
+
+def test_a_failed_start_leaves_pid_files_that_stop_finds(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"--config={tmp_path}/x"])
+    try:
+        (tmp_path / "kubelet.pid").write_text(str(ours.pid))
+        (tmp_path / "kube-proxy.pid").write_text(str(os.getpid()))  # a live PID that is not ours
+        (tmp_path / "containerd.pid").write_text("999999999")  # long gone
+        assert realnode._recorded_pids(tmp_path, {}) == {"kubelet": ours.pid}
+        assert realnode._recorded_pids(tmp_path, {"kubelet": ours.pid}) == {"kubelet": ours.pid}
+    finally:
+        ours.kill()
+        ours.wait()
