@@ -14,23 +14,12 @@ from slm_operator.catalog import load_builtin_catalog
 from slm_operator.cli.__main__ import main
 from slm_operator.cli.modelfile import render
 from tests.k8s.conftest import OperatorProcess, wait_for
+from tests.unit.cli.test_modelfile import SEED_MODELFILE as SEED_WITH_FILES
 
 pytestmark = [pytest.mark.k8s]
 
-SEED_MODELFILE = '''FROM qwen2.5:3b
-
-PARAMETER temperature 0.7
-PARAMETER top_p 0.9
-PARAMETER context_length 4096
-PARAMETER num_gpu 1
-PARAMETER num_thread 8
-
-SYSTEM """
-You are an enterprise assistant for Contoso Corporation.
-Always maintain a professional tone and prioritize security best practices.
-Never share confidential information without proper authentication.
-"""
-'''
+# The seed's enterprise Modelfile without its FILE lines (which `slm create` refuses, see the unit tests).
+SEED_MODELFILE = SEED_WITH_FILES.split("# Custom model knowledge")[0]
 
 SEED_JSON = {
     "deployment": {

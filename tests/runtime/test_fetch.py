@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -112,16 +113,26 @@ class _QuietServer(ThreadingHTTPServer):
         pass  # the cut connections are deliberate
 
 
+@contextlib.contextmanager
+def _serving(handler: type[BaseHTTPRequestHandler], **shared: object) -> Iterator[str]:
+    """A loopback HTTP server whose handler sees ``shared`` as attributes of its server; yields its URL."""
+    server = _QuietServer(("127.0.0.1", 0), handler)
+    for name, value in shared.items():
+        setattr(server, name, value)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture
 def origin() -> Iterator[tuple[str, ServerState]]:
     state = ServerState()
-    server = _QuietServer(("127.0.0.1", 0), _Handler)
-    server.state = state  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", state
-    server.shutdown()
-    server.server_close()
+    with _serving(_Handler, state=state) as url:
+        yield url, state
 
 
 def _settings(dest: Path, source: str, **values: Any) -> FetchSettings:
@@ -412,14 +423,9 @@ class _HubHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def hub() -> Iterator[tuple[str, set[str]]]:
-    server = _QuietServer(("127.0.0.1", 0), _HubHandler)
     corrupt: set[str] = set()
-    server.corrupt = corrupt  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", corrupt
-    server.shutdown()
-    server.server_close()
+    with _serving(_HubHandler, corrupt=corrupt) as url:
+        yield url, corrupt
 
 
 def test_hf_folder_is_fetched_whole(hub: tuple[str, set[str]], tmp_path: Path) -> None:
@@ -790,13 +796,8 @@ class _VersionedHandler(BaseHTTPRequestHandler):
 @pytest.fixture
 def versioned() -> Iterator[tuple[str, Versioned]]:
     state = Versioned()
-    server = _QuietServer(("127.0.0.1", 0), _VersionedHandler)
-    server.state = state  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", state
-    server.shutdown()
-    server.server_close()
+    with _serving(_VersionedHandler, state=state) as url:
+        yield url, state
 
 
 def _leave_a_part(url: str, dest: Path, state: Versioned) -> int:
@@ -958,15 +959,10 @@ def test_a_symlinked_folder_is_refused(tmp_path: Path) -> None:
 @pytest.fixture
 def flaky_hub() -> Iterator[tuple[str, set[str], list[tuple[str, str | None]]]]:
     """The hub, with files that answer 404 while named in `missing`, and a log of requests."""
-    server = _QuietServer(("127.0.0.1", 0), _HubHandler)
     missing: set[str] = set()
     requests: list[tuple[str, str | None]] = []
-    server.corrupt, server.missing, server.requests = set(), missing, requests  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", missing, requests
-    server.shutdown()
-    server.server_close()
+    with _serving(_HubHandler, corrupt=set(), missing=missing, requests=requests) as url:
+        yield url, missing, requests
 
 
 def test_a_folder_retry_needs_space_only_for_what_is_left(
