@@ -1,4 +1,5 @@
-"""Pure pieces: stop-string matching, the admission queue, option mapping, keep_alive parsing."""
+"""Pure pieces of the runtime: stop-string matching, the admission queue, option mapping, keep_alive
+parsing. No model and no llama.cpp: they run with the unit tests (`make test-unit`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ from slm_runtime.errors import ApiError
 from slm_runtime.options import sampling_from_ollama, sampling_from_openai
 from slm_runtime.routes.ollama import parse_keep_alive
 from slm_runtime.scheduler import QueueFullError, Scheduler
-
-pytestmark = pytest.mark.runtime
 
 
 def _stream(matcher: StopMatcher, pieces: list[str]) -> tuple[str, bool]:
