@@ -85,7 +85,6 @@ demo-down: ## stop and remove everything the demo started
 
 crds: install ## regenerate the CRD (crds/, the chart) and the plain install manifest from the pydantic API
 	$(PY) -m slm_operator.api.crd --write
-	$(PY) charts/slm-operator/hack/sync-crds.py --check
 	bash deploy/render.sh
 	$(PY) hack/gen_docs.py
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import shutil
 import subprocess
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import kopf
@@ -91,14 +89,6 @@ def operator_container(rendered: Rendered) -> Manifest:
     assert [c["name"] for c in containers] == ["operator"]
     container: Manifest = containers[0]
     return container
-
-
-def load_sync_crds() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("sync_crds", CHART / "hack" / "sync-crds.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ---------------------------------------------------------------------------------------------
@@ -507,33 +497,6 @@ def test_crd_is_installed_and_kept_by_default() -> None:
 
 def test_crds_install_false_removes_the_crd() -> None:
     assert render("crds.install=false").of_kind("CustomResourceDefinition") == []
-
-
-def test_chart_crd_template_matches_crds_folder() -> None:
-    """Fails when crds/ was regenerated but the chart's copy was not (run hack/sync-crds.py)."""
-    sync = load_sync_crds()
-    assert sync.drift() == []
-
-
-def test_sync_crds_detects_drift(tmp_path: Path) -> None:
-    sync = load_sync_crds()
-    source = tmp_path / "crds"
-    target = tmp_path / "templates"
-    source.mkdir()
-    target.mkdir()
-    text = (ROOT / "crds" / "slm.dev_slmdeployments.yaml").read_text(encoding="utf-8")
-    (source / "slm.dev_slmdeployments.yaml").write_text(text, encoding="utf-8")
-    assert sync.drift(source, target) == [f"{target / 'slm.dev_slmdeployments.yaml'} is missing"]
-    (target / "slm.dev_slmdeployments.yaml").write_text(sync.render(text), encoding="utf-8")
-    assert sync.drift(source, target) == []
-    (source / "slm.dev_slmdeployments.yaml").write_text(text.replace("Hardware tier", "Hardware class"))
-    assert len(sync.drift(source, target)) == 1
-
-
-def test_sync_output_matches_the_operators_generator() -> None:
-    from slm_operator.api import crd
-
-    assert load_sync_crds().render(crd.render_crd_yaml()) == crd.render_chart_crd_yaml()
 
 
 # ---------------------------------------------------------------------------------------------
