@@ -24,7 +24,7 @@ from slm_runtime.apikey import ApiKey
 from slm_runtime.errors import ApiError, handle_api_error, handle_http_error, handle_validation_error
 from slm_runtime.metrics import RuntimeMetrics
 from slm_runtime.middleware import GuardMiddleware
-from slm_runtime.routes import ollama, openai_api
+from slm_runtime.routes import ollama, openai_api, responses
 from slm_runtime.runtime import BackendFactory, Runtime, load_backend
 from slm_runtime.scheduler import Scheduler
 from slm_runtime.settings import ServeSettings
@@ -153,6 +153,7 @@ def create_app(settings: ServeSettings, backend_factory: BackendFactory = load_b
         app.include_router(ollama.build_router())
     if settings.openai_api:
         app.include_router(openai_api.build_router())
+        app.include_router(responses.build_router())
     app.add_middleware(
         GuardMiddleware,
         api_key=ApiKey(settings.api_key, settings.api_key_file),
