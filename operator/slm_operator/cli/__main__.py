@@ -125,6 +125,19 @@ def build_parser() -> Parser:
     pull.add_argument("--timeout", type=float, default=1800, help="seconds to wait (default 1800)")
     pull.add_argument("--name", help="SLMDeployment name, for one model (default: from the model name)")
 
+    run = sub.add_parser(
+        "run", parents=[cluster], help="chat with a model (deploys a catalog model on demand)"
+    )
+    run.add_argument("name", metavar="NAME", help="an SLMDeployment, or a catalog model name")
+    run.add_argument("prompt", nargs="*", metavar="PROMPT", help="answer this and exit (default: a REPL)")
+    run.add_argument("-y", "--yes", action="store_true", help="deploy a catalog model without asking")
+    run.add_argument("--timeout", type=float, default=600, help="seconds to wait for Ready (default 600)")
+    run.add_argument("--verbose", action="store_true", help="print timings and token rates after answers")
+    run.add_argument("--api-key", help="the API key (default: read spec.api.apiKeySecretRef's Secret)")
+    run.add_argument(
+        "--kubectl", metavar="PATH", help="kubectl for the port-forward (default: $SLM_KUBECTL, PATH)"
+    )
+
     models_parser = sub.add_parser("models", help="browse the model catalog")
     models_sub = models_parser.add_subparsers(dest="models_command", metavar="COMMAND")
     models_sub.required = True

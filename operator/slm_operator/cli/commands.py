@@ -728,6 +728,12 @@ def wait_cached(ctx: Context, namespace: str, name: str, timeout: float) -> None
         ctx.sleep(1.0)
 
 
+def cmd_run(ctx: Context) -> None:
+    from slm_operator.cli.run import cmd_run as run  # its own module, which imports this one
+
+    run(ctx)
+
+
 # Used by tests and the parser.
 COMMANDS: dict[str, Callable[[Context], None]] = {
     "create": cmd_create,
@@ -741,6 +747,7 @@ COMMANDS: dict[str, Callable[[Context], None]] = {
     "rm": cmd_rm,
     "cp": cmd_cp,
     "pull": cmd_pull,
+    "run": cmd_run,
     "models": cmd_models_list,
 }
 
