@@ -407,3 +407,22 @@ def test_a_rotated_api_key_secret_reaches_the_running_pod_without_a_restart(e2e:
     after = e2e.runtime_pods(name)
     assert [p["metadata"]["name"] for p in after] == [pod["metadata"]["name"]]  # the same pod ...
     assert after[0]["status"]["containerStatuses"][0]["restartCount"] == 0  # ... never restarted
+
+
+def test_slm_run_answers_through_the_real_pod(e2e: E2E, served: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`slm run NAME PROMPT` as a user types it: kubectl port-forward to the real pod, SmolLM2 answers."""
+    import io
+    import sys
+
+    from slm_operator.cli.__main__ import main
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # a pipe with nothing in it, not a terminal
+    out, err = io.StringIO(), io.StringIO()
+    code = main(
+        ["run", served, "What is the capital of France?", "--verbose", "--kubectl", str(e2e.cluster.bin_dir / "kubectl"),
+         "--kubeconfig", str(e2e.cluster.kubeconfig), "-n", e2e.namespace],
+        out=out, err=err,
+    )  # fmt: skip
+    assert code == 0, err.getvalue()
+    assert ENGLISH.search(out.getvalue()), out.getvalue()
+    assert "eval rate:" in err.getvalue()  # Ollama's --verbose statistics, from the runtime's real counts
