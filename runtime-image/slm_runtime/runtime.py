@@ -155,6 +155,12 @@ async def _wait_disconnect(request: Request) -> None:
             return
 
 
+def runtime_of(request: Request) -> Runtime:
+    """The app's Runtime (create_app puts it on app.state), for the routes."""
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
 async def generate(
     runtime: Runtime, request: Request, ticket: Ticket, prompt_tokens: list[int], options: SamplingOptions
 ) -> AsyncGenerator[str | GenerationStats, None]:

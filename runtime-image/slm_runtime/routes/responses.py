@@ -20,13 +20,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from slm_runtime.backends.base import BackendError, GenerationStats, SamplingOptions
+from slm_runtime.backends.base import GenerationStats, SamplingOptions
 from slm_runtime.errors import ApiError
 from slm_runtime.options import sampling_from_openai
-from slm_runtime.routes.openai_api import _runtime
-from slm_runtime.runtime import ClosingStreamingResponse, chat_messages, collect, generate
+from slm_runtime.routes.openai_api import start_chat
+from slm_runtime.runtime import ClosingStreamingResponse, collect, runtime_of
 from slm_runtime.scheduler import Ticket
-from slm_runtime.tool_calls import ToolCall, ToolCallStream, parse_tool_calls, template_messages
+from slm_runtime.tool_calls import ToolCall, ToolCallStream, parse_tool_calls
 from slm_runtime.tool_use import ToolPlan, call_id, limit_calls, plan_tools
 
 
@@ -359,7 +359,7 @@ def build_router() -> APIRouter:
 
     @router.post("/responses", response_model=None)
     async def create_response(request: Request, body: ResponsesRequest) -> Response | dict[str, Any]:
-        runtime = _runtime(request)
+        runtime = runtime_of(request)
         runtime.check_model(body.model)
         backend = runtime.require_backend()
         _refuse(body)
@@ -387,13 +387,7 @@ def build_router() -> APIRouter:
             details=backend.details,
             options=options,
         )
-        try:
-            text = backend.render_chat(chat_messages(runtime, template_messages(messages)), plan.tools)
-            prompt_tokens = backend.tokenize(text, add_special=True)
-        except BackendError as exc:
-            raise ApiError(400, str(exc), param="input") from exc
-        ticket = await runtime.start(prompt_tokens, plan.options)
-        stream = generate(runtime, request, ticket, prompt_tokens, plan.options)
+        ticket, stream = await start_chat(runtime, request, messages, plan, param="input")
         shell = _Shell(f"resp_{uuid.uuid4().hex}", int(time.time()), runtime.model_name, body, plan.options)
 
         if body.stream:

@@ -8,7 +8,6 @@ import contextlib
 import io
 import json
 import stat
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -541,7 +540,6 @@ def ollama() -> Iterator[int]:
         yield port
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="a shell script stands in for kubectl")
 def test_one_shot_run_streams_the_answer(ollama: int, tmp_path: Path) -> None:
     fake, log = fake_kubectl(tmp_path, ollama)
     kube = FakeKube({"assistant": with_key(OBJ)}, core=FakeCore({"llm-key": {"token": "s3cret"}}))
