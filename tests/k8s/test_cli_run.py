@@ -18,7 +18,7 @@ import pytest
 
 import localcluster
 from localcluster import LocalCluster
-from slm_operator.cli import run
+from slm_operator.cli import portforward, run
 from slm_operator.cli.__main__ import build_parser, main
 from slm_operator.cli.commands import Context
 from slm_operator.cli.errors import CliError
@@ -120,7 +120,7 @@ def test_run_deploys_a_catalog_model_on_demand_and_waits_for_ready(
     monkeypatch.delenv("SLM_KUBECTL", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path / "no-such-dir"))
     args = build_parser().parse_args(["run", "qwen2-5-0-5b", "--kubeconfig", str(cluster.kubeconfig)])
-    command = run.forward_command(Context(args=args), obj)
+    command = portforward.forward_command(Context(args=args), obj)
     assert command == [
         str(cluster.bin_dir / "kubectl"),
         "--kubeconfig",
@@ -135,7 +135,7 @@ def test_run_deploys_a_catalog_model_on_demand_and_waits_for_ready(
     assert [p["port"] for p in service["spec"]["ports"]] == [8080]
     # The real kubectl resolves svc/NAME to the kwok Pod, and fails on the connection (no kubelet):
     # one line, fast, naming the command.
-    with pytest.raises(CliError) as caught, run.PortForward(command, timeout=20):
+    with pytest.raises(CliError) as caught, portforward.PortForward(command, timeout=20):
         pass
     assert caught.value.message.startswith("kubectl port-forward failed (error: ")
     assert "upgrad" in caught.value.message and "not found" not in caught.value.message

@@ -1,50 +1,34 @@
 """`slm run NAME [PROMPT...]`: Ollama's `ollama run` for a model served by an SLMDeployment.
 
 The steps: find the SLMDeployment (or deploy a catalog model on demand), wait until it is Ready,
-reach its Service through `kubectl port-forward`, read its API key when it has one, then either
+reach its Service (`portforward.forward`), read its API key when it has one, then either
 answer one prompt or open a REPL with Ollama's commands (/set, /show, /clear, /bye, /?, \"\"\").
 
-Each part is a small piece that tests drive alone: `resolve`, `wait_ready`, `api_key`,
-`port_forward_command`/`PortForward`, `OllamaChat` (the HTTP client) and `Repl` (the session,
-over any input/output streams and any `chat(messages, options)` callable).
+Each part is a small piece that tests drive alone: `resolve`, `wait_ready`, `api_key` and `Repl`
+(the session, over any input/output streams and any `chat(messages, options)` callable); the
+port-forward and the HTTP client (`OllamaChat`) live in modules that `bench` shares.
 
-Past 400 lines: the port-forward, the HTTP client and the REPL are here together while `run` is
-their only user; when `bench` arrives, PortForward and OllamaChat move to a module both share.
+Past 400 lines: the REPL (commands, parameters, --verbose statistics) is most of it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import re
-import selectors
-import shutil
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
-from types import TracebackType
 from typing import Any, TextIO
 
-import httpx
-
-from slm_operator.cli import foundry, modelfile
+from slm_operator.cli import foundry, modelfile, portforward
 from slm_operator.cli.commands import Context, not_found, show_text
 from slm_operator.cli.errors import CliError
+from slm_operator.cli.ollama_client import Chunk, Message, OllamaChat
 from slm_operator.cli.output import getpath, human_size
 from slm_operator.cli.resources import build, condition, is_current, model_label
-from slm_operator.naming import service_name
 
-Chunk = dict[str, Any]
-Message = dict[str, str]
 ChatFn = Callable[[list[Message], dict[str, Any]], Iterator[Chunk]]
 
 DEFAULT_TIMEOUT = 600.0
-PORT_FORWARD_TIMEOUT = 30.0
-_FORWARDING = re.compile(r"Forwarding from 127\.0\.0\.1:(\d+)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,217 +186,6 @@ def read_secret_key(kube: Any, namespace: str, name: str, key: str) -> str:
     if key not in data:
         raise CliError(f"{where} has no key {key!r} (it has {', '.join(sorted(data)) or 'none'})")
     return base64.b64decode(data[key]).decode("utf-8").strip()
-
-
-# ---------------------------------------------------------------------------------------------
-# reaching the Service: kubectl port-forward
-
-
-def find_kubectl(explicit: str | None, kubeconfig: str | None) -> str:
-    """--kubectl, else $SLM_KUBECTL, else kubectl on PATH, else the one beside the kubeconfig's cluster."""
-    for candidate in (explicit, os.environ.get("SLM_KUBECTL")):
-        if candidate:
-            found = shutil.which(candidate)
-            if found is None:
-                raise CliError(f"kubectl {candidate} is not an executable file: fix --kubectl or SLM_KUBECTL")
-            return found
-    found = shutil.which("kubectl")
-    if found:
-        return found
-    config = kubeconfig or (os.environ.get("KUBECONFIG") or "").split(os.pathsep)[0]
-    if config:
-        folder = Path(config).expanduser().parent
-        candidates = [folder / "kubectl"]
-        try:  # a local cluster (hack/localcluster.py) records where its binaries are
-            bin_dir = json.loads((folder / "cluster.json").read_text()).get("bin_dir")
-            if bin_dir:
-                candidates.append(Path(bin_dir) / "kubectl")
-        except (OSError, ValueError, AttributeError):
-            pass
-        for path in candidates:
-            if path.is_file() and os.access(path, os.X_OK):
-                return str(path)
-    raise CliError("slm run needs kubectl to reach the model: install it, or pass --kubectl PATH")
-
-
-def port_forward_command(
-    kubectl: str,
-    namespace: str,
-    service: str,
-    port: int,
-    *,
-    kubeconfig: str | None = None,
-    context: str | None = None,
-) -> list[str]:
-    """`kubectl port-forward -n NS svc/NAME :PORT`: kubectl picks a free local port."""
-    command = [kubectl]
-    if kubeconfig:
-        command += ["--kubeconfig", kubeconfig]
-    if context:
-        command += ["--context", context]
-    return [*command, "port-forward", "-n", namespace, f"svc/{service}", f":{port}"]
-
-
-class PortForward:
-    """A `kubectl port-forward` child process for as long as the `with` block runs.
-
-    A later step replaces it with an in-process forward over the kubernetes client's websocket
-    (portforward subresource), so that `slm run` needs no kubectl.
-    """
-
-    def __init__(self, command: Sequence[str], timeout: float = PORT_FORWARD_TIMEOUT) -> None:
-        self.command = list(command)
-        self.timeout = timeout
-        self.local_port = 0
-        self._process: subprocess.Popen[str] | None = None
-        self._stderr: list[str] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.local_port}"
-
-    def __enter__(self) -> PortForward:
-        try:
-            self._process = subprocess.Popen(
-                self.command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        except OSError as error:
-            raise CliError(f"cannot start {self.command[0]}: {error.strerror}") from error
-        try:
-            self.local_port = self._wait_port(self._process)
-        except BaseException:
-            self.close()
-            raise
-        # Keep both pipes drained: kubectl writes a line per connection.
-        for stream, sink in ((self._process.stdout, None), (self._process.stderr, self._stderr)):
-            threading.Thread(target=_drain, args=(stream, sink), daemon=True).start()
-        return self
-
-    def _wait_port(self, process: subprocess.Popen[str]) -> int:
-        assert process.stdout is not None and process.stderr is not None
-        selector = selectors.DefaultSelector()
-        selector.register(process.stdout, selectors.EVENT_READ, "out")
-        selector.register(process.stderr, selectors.EVENT_READ, "err")
-        deadline = time.monotonic() + self.timeout
-        try:
-            while time.monotonic() < deadline:
-                for key, _ in selector.select(timeout=max(0.0, deadline - time.monotonic())):
-                    line = key.fileobj.readline()  # type: ignore[union-attr]
-                    if not line:
-                        selector.unregister(key.fileobj)
-                        continue
-                    if key.data == "err":
-                        self._stderr.append(line.strip())
-                        continue
-                    match = _FORWARDING.search(line)
-                    if match:
-                        return int(match.group(1))
-                if not selector.get_map():
-                    break
-        finally:
-            selector.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(2)  # both pipes closed: kubectl is exiting
-        problem = next((line for line in reversed(self._stderr) if line), "")
-        if process.returncode is not None:
-            raise CliError(
-                f"kubectl port-forward failed ({problem or f'exit code {process.returncode}'}): "
-                f"command {' '.join(self.command)}"
-            )
-        raise CliError(f"kubectl port-forward named no local port within {self.timeout:.0f}s: {problem}")
-
-    def close(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        self.close()
-
-
-def _drain(stream: Any, sink: list[str] | None) -> None:
-    try:
-        for line in stream:
-            if sink is not None:
-                sink.append(line.strip())
-    except (OSError, ValueError):
-        pass
-
-
-# ---------------------------------------------------------------------------------------------
-# the Ollama API
-
-
-class OllamaChat:
-    """`POST /api/chat` with NDJSON streaming; a callable `chat(messages, options)`."""
-
-    def __init__(
-        self, base_url: str, model: str, key: str | None = None, client: httpx.Client | None = None
-    ) -> None:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.client = client or httpx.Client(
-            base_url=base_url, headers=headers, timeout=httpx.Timeout(10.0, read=600.0)
-        )
-        self.model = model
-
-    def served_model(self) -> str:
-        """The name the runtime serves (it checks the request's model against it)."""
-        try:
-            response = self.client.get("/api/tags")
-            if response.status_code == 200:
-                names = [str(m.get("name") or "") for m in response.json().get("models") or []]
-                if names and names[0]:
-                    return names[0]
-            else:
-                _raise_for(response.status_code, response.text)
-        except (httpx.HTTPError, ValueError) as error:
-            raise CliError(f"cannot reach the model's API at {self.client.base_url}: {error}") from error
-        return self.model
-
-    def __call__(self, messages: list[Message], options: dict[str, Any]) -> Iterator[Chunk]:
-        body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True}
-        if options:
-            body["options"] = options
-        try:
-            with self.client.stream("POST", "/api/chat", json=body) as response:
-                if response.status_code != 200:
-                    _raise_for(response.status_code, response.read().decode("utf-8", "replace"))
-                for line in response.iter_lines():
-                    if not line.strip():
-                        continue
-                    chunk = json.loads(line)
-                    if chunk.get("error"):
-                        raise CliError(f"the model answered an error: {chunk['error']}")
-                    yield chunk
-        except httpx.HTTPError as error:
-            raise CliError(f"cannot reach the model's API at {self.client.base_url}: {error}") from error
-
-    def close(self) -> None:
-        self.client.close()
-
-
-def _raise_for(status: int, text: str) -> None:
-    try:
-        message = str(json.loads(text).get("error") or text)
-    except (ValueError, AttributeError):
-        message = text.strip()
-    if status == 401:
-        raise CliError(
-            f"the model's API refused the key (HTTP 401: {message}): check --api-key or the Secret"
-        )
-    raise CliError(f"the model's API answered HTTP {status}: {message}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -762,19 +535,6 @@ def one_shot_prompt(words: Sequence[str], stdin: TextIO) -> str | None:
     return " ".join(parts) if parts else None
 
 
-def forward_command(ctx: Context, obj: Mapping[str, Any]) -> list[str]:
-    """The `kubectl port-forward` that `slm run` starts for this SLMDeployment's Service."""
-    kubeconfig = getattr(ctx.args, "kubeconfig", None)
-    return port_forward_command(
-        find_kubectl(getattr(ctx.args, "kubectl", None), kubeconfig),
-        str(obj["metadata"]["namespace"]),
-        service_name(str(obj["metadata"]["name"])),
-        int(getpath(obj, "spec", "api", "port", default=8080) or 8080),
-        kubeconfig=kubeconfig,
-        context=getattr(ctx.args, "context", None),
-    )
-
-
 def cmd_run(
     ctx: Context,
     stdin: TextIO | None = None,
@@ -793,12 +553,11 @@ def cmd_run(
         )
     key = args.api_key or os.environ.get("SLM_API_KEY") or api_key(ctx, obj)
     prompt = one_shot_prompt(args.prompt, stdin)
-    command = forward_command(ctx, obj)
     factory = chat_factory or (lambda url, model, k: OllamaChat(url, model, k))
     if prompt is None and stdin is sys.stdin and _is_tty(stdin):
         import readline  # noqa: F401  (line editing and history for input())
-    with PortForward(command) as forward:
-        chat = factory(forward.url, model_label(obj), key)
+    with portforward.forward(ctx, obj) as url:
+        chat = factory(url, model_label(obj), key)
         try:
             chat.model = chat.served_model()
             repl = Repl(

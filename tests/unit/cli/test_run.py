@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from slm_operator.cli import run
+from slm_operator.cli import portforward, run
 from slm_operator.cli.__main__ import build_parser, main
 from slm_operator.cli.commands import Context
 from slm_operator.cli.errors import CliError
@@ -244,7 +244,7 @@ def test_one_shot_prompt_reads_piped_stdin_first() -> None:
 
 
 def test_port_forward_command() -> None:
-    assert run.port_forward_command("/bin/kubectl", "ai", "assistant", 8080) == [
+    assert portforward.port_forward_command("/bin/kubectl", "ai", "assistant", 8080) == [
         "/bin/kubectl",
         "port-forward",
         "-n",
@@ -252,7 +252,7 @@ def test_port_forward_command() -> None:
         "svc/assistant",
         ":8080",
     ]
-    assert run.port_forward_command("k", "ai", "a", 80, kubeconfig="/kc", context="c")[:5] == [
+    assert portforward.port_forward_command("k", "ai", "a", 80, kubeconfig="/kc", context="c")[:5] == [
         "k",
         "--kubeconfig",
         "/kc",
@@ -271,8 +271,8 @@ def test_find_kubectl_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     explicit = script(tmp_path / "mine", "")
     env = script(tmp_path / "env-kubectl", "")
     monkeypatch.setenv("SLM_KUBECTL", str(env))
-    assert run.find_kubectl(str(explicit), None) == str(explicit)
-    assert run.find_kubectl(None, None) == str(env)
+    assert portforward.find_kubectl(str(explicit), None) == str(explicit)
+    assert portforward.find_kubectl(None, None) == str(env)
     monkeypatch.delenv("SLM_KUBECTL")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     bins = tmp_path / "bins"
@@ -281,11 +281,11 @@ def test_find_kubectl_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     state = tmp_path / "state"
     state.mkdir()
     (state / "cluster.json").write_text(json.dumps({"bin_dir": str(bins)}))
-    assert run.find_kubectl(None, str(state / "kubeconfig")) == str(beside)
+    assert portforward.find_kubectl(None, str(state / "kubeconfig")) == str(beside)
     with pytest.raises(CliError, match="--kubectl PATH"):
-        run.find_kubectl(None, str(tmp_path / "nowhere" / "kubeconfig"))
+        portforward.find_kubectl(None, str(tmp_path / "nowhere" / "kubeconfig"))
     with pytest.raises(CliError, match="not an executable"):
-        run.find_kubectl(str(tmp_path / "missing"), None)
+        portforward.find_kubectl(str(tmp_path / "missing"), None)
 
 
 def test_port_forward_reads_the_local_port_and_stops_kubectl(tmp_path: Path) -> None:
@@ -294,7 +294,7 @@ def test_port_forward_reads_the_local_port_and_stops_kubectl(tmp_path: Path) -> 
         'echo "Forwarding from 127.0.0.1:43210 -> 8080"\necho "Forwarding from [::1]:43210 -> 8080"\n'
         "exec sleep 60\n",
     )
-    with run.PortForward([str(fake), "port-forward"]) as forward:
+    with portforward.PortForward([str(fake), "port-forward"]) as forward:
         assert forward.local_port == 43210
         assert forward.url == "http://127.0.0.1:43210"
         process = forward._process
@@ -305,7 +305,7 @@ def test_port_forward_reads_the_local_port_and_stops_kubectl(tmp_path: Path) -> 
 def test_port_forward_failure_is_one_line(tmp_path: Path) -> None:
     fake = script(tmp_path / "kubectl", "echo 'error: services \"x\" not found' >&2\nexit 1\n")
     expected = r'kubectl port-forward failed \(error: services "x" not found\)'
-    with pytest.raises(CliError, match=expected), run.PortForward([str(fake)]):
+    with pytest.raises(CliError, match=expected), portforward.PortForward([str(fake)]):
         pass
 
 
