@@ -17,11 +17,11 @@ import kopf
 
 from slm_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
 from slm_operator.catalog import load_catalog
-from slm_operator.k8s import Kubernetes
+from slm_operator.controller.reconcile import Reconciler
+from slm_operator.facts import NodeFacts
+from slm_operator.k8s.client import Kubernetes
 from slm_operator.metrics import OperatorMetrics
 from slm_operator.naming import INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL
-from slm_operator.reconcile import Reconciler
-from slm_operator.resolve import NodeFacts
 from slm_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,9 @@ so recomputing an unchanged world yields an identical dict and the caller writes
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +26,7 @@ from slm_operator.api.v1alpha1 import (
     SLMDeploymentStatus,
 )
 from slm_operator.naming import MODEL_KEY_ANNOTATION, cache_claim_name, endpoint, selector_string
-from slm_operator.resolve import Owner, Plan, ResolveFailure
+from slm_operator.plan import Owner, Plan, ResolveFailure
 
 READY = "Ready"
 RECONCILING = "Reconciling"
@@ -39,6 +41,7 @@ ConditionStatus = Literal["True", "False", "Unknown"]
 # failures the operator names in status (a contract with slm_runtime.integrity).
 CACHE_NOT_WRITABLE = "CacheNotWritable"
 MODEL_CORRUPTED = "ModelCorrupted"
+SOURCE_UNAUTHORIZED = "SourceUnauthorized"
 FETCH_FAILED = "FetchFailed"
 RUNTIME_FAILING = "RuntimeFailing"
 
@@ -62,6 +65,12 @@ FETCH_FAILURE_KINDS: Mapping[str, FetchFailureKind] = {
         CACHE_NOT_WRITABLE,
         True,
         "retrying the fetch with backoff; it succeeds once the cache volume is writable",
+    ),
+    # Fixing a Secret changes no spec: keep retrying, so a corrected credential is picked up.
+    SOURCE_UNAUTHORIZED: FetchFailureKind(
+        SOURCE_UNAUTHORIZED,
+        True,
+        "retrying the fetch with backoff; it succeeds once the Secret holds a credential the source accepts",
     ),
 }
 
@@ -93,6 +102,7 @@ class JobObservation:
     failed_attempts: int = 0  # pods that failed so far (the Job retries until its backoffLimit)
     bytes_downloaded: int = 0
     total_bytes: int = 0
+    bytes_per_second: int = 0  # while downloading, from the fetcher's last progress line
     sha256: str = ""
     size_bytes: int = 0
     quantization: str = ""  # what the fetched file declares (a direct source's only word on it)
@@ -193,6 +203,29 @@ def observe_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) 
         quantization=str(result.get("quantization") or ""),
         failure_kind=kind if (failed or failed_attempts) and not complete else "",
     )
+
+
+# The fetcher's progress line on stderr (slm_runtime.fetch.Progress):
+#   "fetch: 1234/5678 bytes (21.7%) at 345678 B/s"; the total is absent when the source sends none.
+_PROGRESS_LINE = re.compile(r"^fetch: (\d+)(?:/(\d+))? bytes\b.*?\bat (\d+) B/s\s*$")
+
+
+def parse_fetch_progress(log_text: str) -> tuple[int, int, int] | None:
+    """(bytes done, total or 0, bytes per second) from the fetcher's last progress line, if any."""
+    for line in reversed(log_text.splitlines()):
+        match = _PROGRESS_LINE.match(line.strip())
+        if match:
+            return int(match.group(1)), int(match.group(2) or 0), int(match.group(3))
+    return None
+
+
+def with_fetch_progress(job: JobObservation, log_text: str) -> JobObservation:
+    """A running fetch Job's observation with the progress its Pod's log shows."""
+    progress = parse_fetch_progress(log_text)
+    if progress is None or job.succeeded or job.failed:
+        return job
+    done, total, rate = progress
+    return dataclasses.replace(job, bytes_downloaded=done, total_bytes=total, bytes_per_second=rate)
 
 
 def observe_deployment(deployment: Mapping[str, Any]) -> DeploymentObservation:
@@ -440,6 +473,7 @@ def compute_status(
             phase=phase,
             bytes_downloaded=job.bytes_downloaded if job else 0,
             total_bytes=(job.total_bytes if job and job.total_bytes else plan.model.size_bytes or 0),
+            bytes_per_second=job.bytes_per_second if job and phase == "Fetching" else 0,
             message=job.message if job and (job.failed or failure) else "",
         )
         deployment = observed.deployment
@@ -488,6 +522,26 @@ def compute_status(
         endpoint=endpoint_url,
     )
     return status.model_dump(by_alias=True, exclude_none=True)
+
+
+# Status fields that users write (through the status subresource, with their own credentials) and
+# the operator never computes: `slm bench --record` writes status.benchmark.
+USER_STATUS_FIELDS = ("benchmark",)
+
+
+def carry_user_fields(computed: Mapping[str, Any], observed: Mapping[str, Any]) -> dict[str, Any]:
+    """`computed` with the observed status' user-written fields kept as they are.
+
+    The operator replaces the whole status when it writes it, so a field it does not compute
+    would be erased by its next write unless it is carried over unchanged.
+    """
+    carried = dict(computed)
+    for name in USER_STATUS_FIELDS:
+        if name in observed:
+            carried[name] = observed[name]
+        else:
+            carried.pop(name, None)
+    return carried
 
 
 def _placement_status(plan: Plan, quantization: str) -> PlacementStatus:

@@ -53,6 +53,15 @@ NOT_EXERCISED: dict[Permission, str] = {
     ): "a failed fetch Job is deleted to retry it (backoff); the cycle's fetch succeeds",
 }
 
+# Granted and used only when a reconcile happens to pass while a fetch Pod is Running: kwok runs
+# a Job's Pod to completion at once, so the cycle may or may not make the request. Neither
+# "unused" nor "stale".
+MAY_BE_EXERCISED: dict[Permission, str] = {
+    ("", "pods/log", "get"): (
+        "the last lines of a running fetch Pod's log (its progress) become status.cache; "
+        "tests/k8s/test_real_node.py reads a real fetch Pod's log with the operator's client"
+    ),
+}
 
 # --- helpers ---------------------------------------------------------------------------------
 
@@ -405,13 +414,16 @@ def test_the_chart_grants_exactly_what_the_cycle_uses(
     assert not events.refused(), events.refused()
     assert used <= granted, f"used but not granted: {sorted(used - granted)}"
     allowed_unused = NOT_EXERCISED
-    unused = granted - used - set(allowed_unused)
+    unused = granted - used - set(allowed_unused) - set(MAY_BE_EXERCISED)
     assert not unused, f"granted but never used (remove from the chart or explain):\n{table}"
     # An allowlist entry that the cycle does use is stale.
     stale = set(allowed_unused) & used
     assert not stale, f"NOT_EXERCISED entries that are in fact used: {sorted(stale)}"
     assert set(allowed_unused) <= granted, (
         f"NOT_EXERCISED entries not granted: {sorted(set(allowed_unused) - granted)}"
+    )
+    assert set(MAY_BE_EXERCISED) <= granted, (
+        f"MAY_BE_EXERCISED entries not granted: {sorted(set(MAY_BE_EXERCISED) - granted)}"
     )
 
 

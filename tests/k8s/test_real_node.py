@@ -175,6 +175,29 @@ def test_fetch_ready_and_chat_through_the_service(e2e: E2E, served: str) -> None
     assert ENGLISH.search(openai_text), openai_text
 
 
+async def test_the_operator_reads_fetch_progress_from_a_real_fetch_pod_log(e2e: E2E, served: str) -> None:
+    """The operator's pods/log read (status.cache progress while a fetch runs), on a real Pod."""
+    from kubernetes_asyncio import client, config
+
+    from slm_operator.builders.fetch_job import FETCH_CONTAINER
+    from slm_operator.k8s.client import Kubernetes
+    from slm_operator.status import parse_fetch_progress
+
+    [fetcher] = e2e.fetch_pods(served)
+    size = (realpods.smollm2_dir() / realpods.MODEL_FILE).stat().st_size
+    configuration = client.Configuration()
+    await config.load_kube_config(config_file=str(e2e.cluster.kubeconfig), client_configuration=configuration)
+    api = Kubernetes(client.ApiClient(configuration))
+    try:
+        text = await api.pod_log(e2e.namespace, fetcher["metadata"]["name"], FETCH_CONTAINER, tail_lines=5)
+    finally:
+        await api.close()
+    assert len(text.splitlines()) <= 5, text
+    progress = parse_fetch_progress(text)
+    assert progress is not None, text
+    assert progress[:2] == (size, size)
+
+
 def test_runtime_logs_json_access_lines_without_prompt_text(e2e: E2E, served: str) -> None:
     secret = f"zebra-{uuid.uuid4().hex[:8]}"
     import openai

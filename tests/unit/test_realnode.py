@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,12 @@ def test_a_failed_start_leaves_pid_files_that_stop_finds(tmp_path: Path) -> None
 
     ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"--config={tmp_path}/x"])
     try:
+        # Until the child has exec'd, /proc shows the parent's command line (a busy machine).
+        cmdline = Path(f"/proc/{ours.pid}/cmdline")
+        for _ in range(500):
+            if f"--config={tmp_path}/x".encode() in cmdline.read_bytes():
+                break
+            time.sleep(0.01)
         (tmp_path / "kubelet.pid").write_text(str(ours.pid))
         (tmp_path / "kube-proxy.pid").write_text(str(os.getpid()))  # a live PID that is not ours
         (tmp_path / "containerd.pid").write_text("999999999")  # long gone

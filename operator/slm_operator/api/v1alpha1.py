@@ -61,6 +61,28 @@ MODEL_NAME_PATTERN = r"^([a-zA-Z0-9][a-zA-Z0-9._/-]*(:[a-zA-Z0-9._-]+)?)?$"
 SHA256_PATTERN = r"^([a-fA-F0-9]{64})?$"
 # Child names double as Service names, which must be DNS-1035 labels.
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+# An HTTP field name is a token (RFC 9110 5.1); a prefix is visible ASCII and spaces, one line.
+HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+HEADER_PREFIX_PATTERN = r"^[ -~]*$"
+# Headers a Secret may not set: the fetcher owns the transfer's (resumption, encoding, target) and
+# the connection's framing. Lower case; the runtime's fetcher refuses the same list.
+FETCHER_OWNED_HEADERS: tuple[str, ...] = (
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+    "range",
+    "if-range",
+    "accept-encoding",
+)
+# Sources fetched over HTTP, the only ones that take headers: pvc:// and file:// are read from a
+# volume, and s3:// is not fetched by this runtime.
+HTTP_SOURCE_PATTERN = r"^(https?|hf)://"
 
 
 def _cel(rule: str, message: str, field_path: str | None = None) -> dict[str, Any]:
@@ -77,6 +99,13 @@ def _cel_list(values: tuple[str, ...]) -> str:
 def _set(field: str) -> str:
     """CEL: the optional string field is present and non-empty."""
     return f"(has(self.{field}) && size(self.{field}) > 0)"
+
+
+# CEL: ModelSpec's credentials are given (an empty Secret reference counts as none).
+_HF_TOKEN_SET = (
+    "(has(self.hfTokenSecretRef) && has(self.hfTokenSecretRef.name) && size(self.hfTokenSecretRef.name) > 0)"
+)
+_HEADERS_SET = "(has(self.headersFrom) && size(self.headersFrom) > 0)"
 
 
 class _Model(BaseModel):
@@ -104,6 +133,48 @@ class SecretKeySelector(_Model):
 
     name: str = Field(default="", max_length=253, description="Secret name.")
     key: str = Field(default="", max_length=253, description="Key in the Secret whose value is the API key.")
+
+
+class SourceHeader(_Model):
+    """An HTTP request header for the model source, its value read from a Secret key."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    f"!self.header.matches('(?i)^({'|'.join(FETCHER_OWNED_HEADERS)})$')",
+                    "model.headersFrom[].header cannot be Host, Content-Length, Transfer-Encoding, Connection, "
+                    "Keep-Alive, TE, Trailer, Upgrade, Proxy-Connection, Range, If-Range or Accept-Encoding: "
+                    "the fetcher sets those itself",
+                    ".header",
+                ),
+                _cel(
+                    f"{_set('secretKeyRef.name')} && {_set('secretKeyRef.key')}",
+                    "model.headersFrom[].secretKeyRef needs both name and key",
+                    ".secretKeyRef",
+                ),
+            ]
+        }
+    )
+
+    header: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=HEADER_NAME_PATTERN,
+        description="Header name, e.g. Authorization, X-Api-Key or Cookie: letters, digits and "
+        "!#$%&'*+.^_`|~- only.",
+    )
+    prefix: str = Field(
+        default="",
+        max_length=64,
+        pattern=HEADER_PREFIX_PATTERN,
+        description='Text sent before the Secret value, e.g. "Bearer " (with its space): the header is '
+        "prefix + value. Printable ASCII, one line.",
+    )
+    secret_key_ref: SecretKeySelector = Field(
+        description="The Secret key whose value the header carries (one line; a trailing newline is "
+        "dropped). Mounted as a file into the fetch Job only, never into its spec or environment."
+    )
 
 
 class ModelSpec(_Model):
@@ -137,6 +208,26 @@ class ModelSpec(_Model):
                     "a .gguf source is a GGUF file: format must be auto or gguf and the quantization "
                     "a GGUF one",
                 ),
+                _cel(
+                    f"!({_HEADERS_SET} && {_set('source')} && !self.source.matches('{HTTP_SOURCE_PATTERN}'))",
+                    "model.headersFrom is for http://, https:// and hf:// sources and catalog names: pvc:// "
+                    "and file:// sources are read from a volume and take no credentials (nor s3://, which "
+                    "is not fetched over HTTP)",
+                    ".headersFrom",
+                ),
+                _cel(
+                    f"!({_HF_TOKEN_SET} && {_set('source')} && !self.source.startsWith('hf://'))",
+                    "model.hfTokenSecretRef is sent to the Hugging Face endpoint, so it needs an hf:// source "
+                    "or a catalog name; for an http(s):// source send the token with model.headersFrom",
+                    ".hfTokenSecretRef",
+                ),
+                _cel(
+                    f"!({_HF_TOKEN_SET} && {_HEADERS_SET} && "
+                    "self.headersFrom.exists(h, h.header.matches('(?i)^authorization$')))",
+                    "model.hfTokenSecretRef already sends the Authorization header: remove it or the "
+                    "Authorization entry of model.headersFrom",
+                    ".headersFrom",
+                ),
             ]
         }
     )
@@ -169,8 +260,23 @@ class ModelSpec(_Model):
     )
     hf_token_secret_ref: SecretKeySelector | None = Field(
         default=None,
-        description="Secret key holding a Hugging Face token, for gated or private hf:// sources. Only the "
-        "fetch Job sees it (as SLM_HF_TOKEN).",
+        description="Secret key holding a Hugging Face token, for gated or private hf:// sources (and "
+        "catalog models). Sent as Authorization: Bearer <token> to the Hugging Face endpoint only, never "
+        "to the CDN it redirects downloads to. Only the fetch Job sees it, as a mounted file.",
+    )
+    headers_from: Annotated[
+        list[SourceHeader],
+        Field(
+            max_length=8,
+            json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["header"]},
+        ),
+    ] = Field(
+        default_factory=list,
+        description="HTTP headers whose values come from Secret keys, e.g. [{header: Authorization, prefix: "
+        '"Bearer ", secretKeyRef: {name: registry, key: token}}], for http(s):// sources (and hf:// ones '
+        "behind a private endpoint). Sent on every request to the source's own host, never after a redirect "
+        "to another host (a CDN, a presigned URL). Only the fetch Job sees the values, as mounted files; "
+        "changing them is not a new model version.",
     )
     quantization: Quantization = Field(
         default="auto",
@@ -474,7 +580,97 @@ class CacheStatus(_Model):
         default=0, json_schema_extra={"format": "int64"}, description="Bytes fetched so far."
     )
     total_bytes: int = Field(default=0, json_schema_extra={"format": "int64"}, description="Bytes to fetch.")
+    bytes_per_second: int = Field(
+        default=0,
+        json_schema_extra={"format": "int64"},
+        description="Download rate over the last few seconds while fetching (0 otherwise).",
+    )
     message: str = Field(default="", description="Detail, e.g. why the fetch failed.")
+
+
+class BenchmarkLevel(_Model):
+    """What `slm bench` measured at one concurrency level."""
+
+    concurrency: int = Field(ge=1, description="Requests in flight at once (streams started together).")
+    requests: int = Field(default=0, ge=0, description="Requests measured at this level (warmup excluded).")
+    errors: int = Field(default=0, ge=0, description="Requests among them that failed.")
+    ttft_ms: float = Field(
+        default=0,
+        ge=0,
+        description="Median time to the first answer token in milliseconds, clocked by the client from "
+        "sending the request (queueing, prompt processing and the network path included).",
+    )
+    ttft_p95_ms: float = Field(
+        default=0, ge=0, description="95th percentile of the time to the first token, in milliseconds."
+    )
+    prefill_tokens_per_second: float = Field(
+        default=0,
+        ge=0,
+        description="Prompt processing rate as the server reports it: prompt_eval_count over "
+        "prompt_eval_duration, summed over the requests.",
+    )
+    decode_tokens_per_second: float = Field(
+        default=0,
+        ge=0,
+        description="Generation rate of one stream as the server reports it: eval_count over "
+        "eval_duration, summed over the requests.",
+    )
+    aggregate_tokens_per_second: float = Field(
+        default=0,
+        ge=0,
+        description="Generation rate of all streams together: every generated token over the wall "
+        "time of the epochs at this level.",
+    )
+    generated_tokens: int = Field(
+        default=0,
+        ge=0,
+        json_schema_extra={"format": "int64"},
+        description="Tokens generated by the requests at this level (the server's eval_count, summed); "
+        "below requests x maxTokens when the model ended answers early.",
+    )
+
+
+class BenchmarkResult(_Model):
+    """One `slm bench --record` result, for one device and quantization."""
+
+    tier: str = Field(max_length=16, description="Hardware tier measured (status.placement.tier then).")
+    accelerator: str = Field(
+        max_length=63, description="Accelerator measured (status.placement.accelerator then)."
+    )
+    quantization: str = Field(
+        max_length=32, description="Quantization measured (status.placement.quantization then)."
+    )
+    recorded_at: str = Field(
+        default="", json_schema_extra={"format": "date-time"}, description="When it was recorded."
+    )
+    model: str = Field(default="", max_length=253, description="Model name served (status.model.name).")
+    model_sha256: str = Field(
+        default="", pattern=SHA256_PATTERN, description="Digest of the model measured (status.model.sha256)."
+    )
+    prompt_tokens: int = Field(
+        default=0,
+        ge=0,
+        description="Prompt tokens per request as the server counted them (median); the synthetic "
+        "prompt aims at the --prompt-tokens asked.",
+    )
+    max_tokens: int = Field(
+        default=0, ge=0, description="Tokens each answer could generate at most (num_predict)."
+    )
+    load_seconds: float = Field(
+        default=0,
+        ge=0,
+        description="Seconds the runtime took to load the model (its /readyz load_seconds); 0 = unknown.",
+    )
+    levels: Annotated[
+        list[BenchmarkLevel],
+        Field(
+            max_length=16,
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["concurrency"],
+            },
+        ),
+    ] = Field(default_factory=list, description="One entry per concurrency level, in the order measured.")
 
 
 class SLMDeploymentStatus(_Model):
@@ -499,6 +695,24 @@ class SLMDeploymentStatus(_Model):
     ready_replicas: int = Field(default=0, description="Serving Pods that are ready.")
     selector: str = Field(default="", description="Label selector of the serving Pods (scale subresource).")
     endpoint: str = Field(default="", description="In-cluster URL of the APIs.")
+    benchmark: (
+        Annotated[
+            list[BenchmarkResult],
+            Field(
+                max_length=32,
+                json_schema_extra={
+                    "x-kubernetes-list-type": "map",
+                    "x-kubernetes-list-map-keys": ["tier", "accelerator", "quantization"],
+                },
+            ),
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="Benchmarks recorded by `slm bench --record` with the user's credentials (RBAC patch on "
+        "slmdeployments/status), one per device (tier and accelerator) and quantization; recording "
+        "again for the same ones replaces the entry. The operator keeps this field as it finds it.",
+    )
 
 
 class ObjectMeta(_Model):

@@ -2,17 +2,14 @@
 
 from slm_operator.builders.deployment import RUNTIME_ENV_NAMES, build_deployment, runtime_env
 from slm_operator.builders.fetch_job import (
-    FETCH_ENV_NAMES,
     FETCH_FLAGS,
     build_fetch_job,
     fetch_command,
-    fetch_env,
 )
 from slm_operator.builders.pvc import build_pvc
 from slm_operator.builders.service import build_service
 
 __all__ = [
-    "FETCH_ENV_NAMES",
     "FETCH_FLAGS",
     "RUNTIME_ENV_NAMES",
     "build_deployment",
@@ -20,6 +17,5 @@ __all__ = [
     "build_pvc",
     "build_service",
     "fetch_command",
-    "fetch_env",
     "runtime_env",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from slm_operator.naming import standard_labels
-from slm_operator.resolve import Plan
+from slm_operator.plan import Plan
 
 RUNTIME_UID = 65532  # the runtime images' non-root user (distroless "nonroot")
 TMP_VOLUME = "tmp"

@@ -25,7 +25,7 @@ from slm_operator.naming import (
     selector_labels,
     standard_labels,
 )
-from slm_operator.resolve import MODELS_MOUNT_PATH, Plan
+from slm_operator.plan import MODELS_MOUNT_PATH, Plan
 
 RUNTIME_CONTAINER = "runtime"
 SERVE_COMMAND = ("python", "-m", "slm_runtime", "serve")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from slm_operator.builders.common import metadata
-from slm_operator.resolve import Plan
+from slm_operator.plan import Plan
 
 
 def build_pvc(plan: Plan) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from typing import Any
 
 from slm_operator.builders.common import metadata
 from slm_operator.naming import selector_labels, service_name
-from slm_operator.resolve import Plan
+from slm_operator.plan import Plan
 
 HTTP_PORT_NAME = "http"
 

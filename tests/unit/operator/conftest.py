@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from slm_operator.catalog import Catalog, parse_catalog
-from slm_operator.resolve import Facts, NodeFacts, Owner, Taint
+from slm_operator.facts import Facts, NodeFacts, Taint
+from slm_operator.plan import Owner
 from slm_operator.settings import OperatorSettings
 
 FIXTURE_CATALOG = Path(__file__).with_name("fixture_catalog.yaml")

@@ -17,7 +17,8 @@ from slm_operator.builders import (
 )
 from slm_operator.builders.deployment import config_hash
 from slm_operator.catalog import Catalog
-from slm_operator.resolve import Owner, Plan, resolve
+from slm_operator.plan import Owner, Plan
+from slm_operator.resolve import resolve
 from slm_operator.settings import OperatorSettings
 from tests.unit.operator.conftest import cpu_node, make_facts, nvidia_node
 
@@ -434,22 +435,115 @@ def test_every_child_is_labelled_and_restricted(plan: Plan) -> None:
             assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
 
 
-def test_hf_token_reaches_only_the_fetch_job(
-    owner: Owner, catalog: Catalog, settings: OperatorSettings
-) -> None:
-    spec = SLMDeploymentSpec.model_validate(
-        {
-            "model": {"name": "qwen2.5", "hfTokenSecretRef": {"name": "hf", "key": "token"}},
-            "hardware": {"preferred": "cpu"},
-        }
-    )
+SOURCE_CREDENTIALS: dict[str, Any] = {
+    "hfTokenSecretRef": {"name": "hf", "key": "token"},
+    "headersFrom": [
+        {"header": "X-Api-Key", "secretKeyRef": {"name": "gateway", "key": "api-key"}},
+        {"header": "X-Tenant", "prefix": "tenant ", "secretKeyRef": {"name": "hf", "key": "tenant"}},
+        # The same key again: one file serves both headers.
+        {"header": "Cookie", "prefix": "session=", "secretKeyRef": {"name": "gateway", "key": "api-key"}},
+    ],
+}
+
+
+def _plan_for(owner: Owner, catalog: Catalog, settings: OperatorSettings, model: dict[str, Any]) -> Plan:
+    spec = SLMDeploymentSpec.model_validate({"model": model, "hardware": {"preferred": "cpu"}})
     plan = resolve(owner, spec, make_facts(catalog, settings, cpu_node()))
     assert isinstance(plan, Plan), plan
-    assert build_fetch_job(plan)["spec"]["template"]["spec"]["containers"][0]["env"] == [
-        {"name": "SLM_HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}},
+    return plan
+
+
+def test_source_credentials_are_files_that_the_flag_names(
+    owner: Owner, catalog: Catalog, settings: OperatorSettings
+) -> None:
+    plan = _plan_for(owner, catalog, settings, {"name": "qwen2.5", **SOURCE_CREDENTIALS})
+    pod = build_fetch_job(plan)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert "env" not in container  # no value, and no secretKeyRef either: files only
+    root = "/var/run/secrets/slm.dev/source"
+    assert container["command"][-2:] == [
+        "--headers-from",
+        f'[{{"header":"Authorization","prefix":"Bearer ","file":"{root}/hf/token","secret":"hf","key":"token"}},'
+        f'{{"header":"X-Api-Key","prefix":"","file":"{root}/gateway/api-key","secret":"gateway","key":"api-key"}},'
+        f'{{"header":"X-Tenant","prefix":"tenant ","file":"{root}/hf/tenant","secret":"hf","key":"tenant"}},'
+        f'{{"header":"Cookie","prefix":"session=","file":"{root}/gateway/api-key","secret":"gateway",'
+        '"key":"api-key"}]',
     ]
-    runtime_env = build_deployment(plan)["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert all(e["name"] != "SLM_HF_TOKEN" for e in runtime_env)
+    assert container["volumeMounts"] == [
+        {"name": "model-cache", "mountPath": "/models"},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "source-credentials", "mountPath": root, "readOnly": True},
+    ]
+    assert pod["volumes"][-1] == {
+        "name": "source-credentials",
+        "projected": {
+            # Root-owned files: readable by the fetcher through its fsGroup, by no one else.
+            "defaultMode": 0o440,
+            "sources": [
+                {
+                    "secret": {
+                        "name": "hf",
+                        "items": [
+                            {"key": "token", "path": "hf/token"},
+                            {"key": "tenant", "path": "hf/tenant"},
+                        ],
+                        # A missing Secret or key: the fetcher names it, instead of a Pod stuck mounting.
+                        "optional": True,
+                    }
+                },
+                {
+                    "secret": {
+                        "name": "gateway",
+                        "items": [{"key": "api-key", "path": "gateway/api-key"}],
+                        "optional": True,
+                    }
+                },
+            ],
+        },
+    }
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"] == 65532
+    serving = build_deployment(plan)["spec"]["template"]["spec"]
+    assert "source-credentials" not in str(serving)
+    assert "gateway" not in str(serving)
+
+
+def test_credentials_are_not_part_of_the_model_version(
+    owner: Owner, catalog: Catalog, settings: OperatorSettings
+) -> None:
+    """Adding, removing or renaming a credential neither fetches again nor rolls the serving Pods."""
+    for model in ({"name": "qwen2.5"}, {"source": SOURCE}):
+        plain = _plan_for(owner, catalog, settings, model)
+        variants = [
+            _plan_for(owner, catalog, settings, {**model, **SOURCE_CREDENTIALS}),
+            _plan_for(
+                owner,
+                catalog,
+                settings,
+                {**model, "headersFrom": [{"header": "X-Other", "secretKeyRef": {"name": "n", "key": "k"}}]},
+            ),
+        ]
+        for variant in variants:
+            assert variant.model.cache_key == plain.model.cache_key
+            assert build_fetch_job(variant)["metadata"] == build_fetch_job(plain)["metadata"]
+            assert build_deployment(variant) == build_deployment(plain)
+            assert config_hash(build_deployment(variant)) == config_hash(build_deployment(plain))
+
+
+def test_credentials_go_only_to_http_sources(
+    owner: Owner, catalog: Catalog, settings: OperatorSettings
+) -> None:
+    # A catalog name that the operator's catalog mirrors on a claim: the credentials were for upstream.
+    plan = _plan_for(owner, catalog, settings, {"name": "qwen2.5", **SOURCE_CREDENTIALS})
+    mirrored = dataclasses.replace(plan, model=dataclasses.replace(plan.model, source="pvc://mirror/q.gguf"))
+    pod = build_fetch_job(mirrored)["spec"]["template"]["spec"]
+    assert "--headers-from" not in pod["containers"][0]["command"]
+    assert all(v["name"] != "source-credentials" for v in pod["volumes"])
+    # The Hugging Face token goes to hf:// sources only (admission refuses it elsewhere, too).
+    https = _plan_for(
+        owner, catalog, settings, {"source": "https://models.example/m.gguf", **SOURCE_CREDENTIALS}
+    )
+    command = build_fetch_job(https)["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "Authorization" not in command[-1] and "X-Api-Key" in command[-1]
 
 
 def test_pvc_source_claim_is_mounted_read_only_for_the_fetcher(

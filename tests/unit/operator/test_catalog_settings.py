@@ -10,7 +10,9 @@ import yaml
 
 from slm_operator.api.v1alpha1 import SLMDeploymentSpec
 from slm_operator.catalog import Catalog, load_builtin_catalog, load_catalog, merge_catalogs, parse_catalog
-from slm_operator.resolve import Facts, Owner, Plan, resolve
+from slm_operator.facts import Facts
+from slm_operator.plan import Owner, Plan
+from slm_operator.resolve import resolve
 from slm_operator.settings import CONFIG_FILE_ENV, OperatorSettings, default_runtime_images
 from tests.unit.operator.conftest import FIXTURE_CATALOG, cpu_node
 

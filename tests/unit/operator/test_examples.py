@@ -1,5 +1,5 @@
-"""examples/*.yaml: every SLMDeployment passes the generated schema and CEL rules, parses, and
-resolves on the local cluster's default fake nodes with the built-in catalog."""
+"""examples/*.yaml: every SLMDeployment parses and resolves on the local cluster's default fake
+nodes with the built-in catalog. (Schema and CEL validity: tests/examples, the one validator.)"""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import yaml
 
 from slm_operator.api.v1alpha1 import SLMDeploymentSpec
 from slm_operator.catalog import load_builtin_catalog
-from slm_operator.resolve import Facts, NodeFacts, Owner, Plan, resolve
+from slm_operator.facts import Facts, NodeFacts
+from slm_operator.plan import Owner, Plan
+from slm_operator.resolve import resolve
 from slm_operator.settings import OperatorSettings
-from tests.unit.operator.test_crd import validate
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.yaml"))
@@ -38,8 +39,7 @@ def test_there_are_examples() -> None:
 
 
 @pytest.mark.parametrize(("label", "document"), DEPLOYMENTS, ids=[label for label, _ in DEPLOYMENTS])
-def test_example_is_valid_and_placeable(label: str, document: dict[str, Any]) -> None:
-    assert validate(document["spec"], document["metadata"]["name"]) == []
+def test_example_is_placeable(label: str, document: dict[str, Any]) -> None:
     spec = SLMDeploymentSpec.model_validate(document["spec"])
     nodes = [
         # kwok reports these nodes Ready; the file holds them as a kubelet would register them.

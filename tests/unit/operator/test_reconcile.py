@@ -13,16 +13,12 @@ import aiohttp
 import pytest
 
 from slm_operator.catalog import Catalog
-from slm_operator.k8s import ApiError, Kubernetes
+from slm_operator.children import FETCH_PROGRESS_SECONDS, RUNTIME_POLL_SECONDS
+from slm_operator.children.actions import fetch_retry_delay
+from slm_operator.children.objects import CACHED_MODELS_ANNOTATION, cached_models, contains
+from slm_operator.controller.reconcile import Reconciler
+from slm_operator.k8s.client import ApiError, Kubernetes
 from slm_operator.metrics import OperatorMetrics
-from slm_operator.reconcile import (
-    CACHED_MODELS_ANNOTATION,
-    RUNTIME_POLL_SECONDS,
-    Reconciler,
-    cached_models,
-    contains,
-    fetch_retry_delay,
-)
 from slm_operator.settings import OperatorSettings
 from tests.unit.operator.conftest import cpu_node
 
@@ -39,6 +35,7 @@ class FakeApi:
         self.events: list[tuple[str, str]] = []
         self.lists: list[str] = []
         self.fail_apply: dict[str, ApiError] = {}
+        self.logs: dict[tuple[str, str], str | ApiError] = {}  # (pod, container) -> text or error
 
     def put(self, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
@@ -92,6 +89,12 @@ class FakeApi:
         self, involved: Mapping[str, Any], *, reason: str, message: str, type_: str = "Normal"
     ) -> None:
         self.events.append((reason, message))
+
+    async def pod_log(self, namespace: str, name: str, container: str, *, tail_lines: int) -> str:
+        text = self.logs.get((name, container), ApiError(404, f"pods {name} not found"))
+        if isinstance(text, ApiError):
+            raise text
+        return "\n".join(text.splitlines()[-tail_lines:])
 
 
 def slm_body(spec: dict[str, Any], generation: int = 1) -> dict[str, Any]:
@@ -562,7 +565,7 @@ async def test_a_corrupted_model_is_forgotten_fetched_again_and_served(
     del api.objects[("Pod", "ai", f"{job_name}-a1")]
     recreated = await reconciler.reconcile(KEY)
     assert recreated.applied == [f"Job/{job_name}"]
-    assert recreated.requeue_after == RUNTIME_POLL_SECONDS
+    assert recreated.requeue_after == FETCH_PROGRESS_SECONDS  # sooner than RUNTIME_POLL_SECONDS
     assert full_conditions(api)["ModelCached"] == ("False", "ModelCorrupted", message)
     api.objects[("Job", "ai", job_name)]["status"] = {"active": 1}
     watched(reconciler)
@@ -657,7 +660,7 @@ async def test_any_exception_in_a_reconcile_is_counted_and_retried(
     reconciler.enqueue(KEY)
     await reconciler.idle()
     assert reconcile_errors(reconciler) == 1.0
-    timer = reconciler._timers[KEY]  # the retry, after the first backoff step
+    timer = reconciler.queue.timers[KEY]  # the retry, after the first backoff step
     loop = asyncio.get_running_loop()
     assert timer.when() - loop.time() == pytest.approx(2.0, abs=0.5)
     timer.cancel()
@@ -740,3 +743,61 @@ async def test_a_new_fetch_follows_a_single_attach_claim_to_its_node(
     assert len(jobs) == 1
     node_selector = jobs[0]["spec"]["template"]["spec"].get("nodeSelector", {})
     assert node_selector.get("kubernetes.io/hostname") == pinned
+
+
+def fetch_pod(job_name: str, phase: str = "Running") -> dict[str, Any]:
+    return {
+        "kind": "Pod",
+        "metadata": {"name": f"{job_name}-x7k2p", "namespace": "ai", "labels": {"job-name": job_name}},
+        "status": {"phase": phase},
+    }
+
+
+async def test_a_running_fetch_shows_its_bytes_total_and_rate(api: FakeApi, reconciler: Reconciler) -> None:
+    api.put(slm_body({"model": {"name": "qwen2.5:0.5b"}, "hardware": {"preferred": "cpu"}}))
+    first = await reconciler.reconcile(KEY)
+    assert first.requeue_after == FETCH_PROGRESS_SECONDS  # a Job runs: look at its progress again
+    job_name = next(name for (kind, _, name) in api.objects if kind == "Job")
+    api.objects[("Job", "ai", job_name)]["status"] = {"active": 1}
+    pod = fetch_pod(job_name)
+    api.put(pod)
+    api.logs[(pod["metadata"]["name"], "fetch")] = (
+        "fetch: downloading https://example.test/model.gguf\n"
+        "fetch: 1000/4000 bytes (25.0%) at 0 B/s\n"
+        "fetch: 2000/4000 bytes (50.0%) at 500 B/s\n"
+    )
+    watched(reconciler)
+    seen = await reconciler.reconcile(KEY)
+    assert seen.status_written and seen.requeue_after == FETCH_PROGRESS_SECONDS
+    status = api.objects[("SLMDeployment", "ai", "assistant")]["status"]
+    assert {k: status["cache"][k] for k in ("phase", "bytesDownloaded", "totalBytes", "bytesPerSecond")} == {
+        "phase": "Fetching",
+        "bytesDownloaded": 2000,
+        "totalBytes": 4000,
+        "bytesPerSecond": 500,
+    }
+    cached = next(c for c in status["conditions"] if c["type"] == "ModelCached")
+    assert "(50% of 4000 bytes)" in cached["message"]
+
+    # Once complete, the rate is gone and the size is the cached file's.
+    set_job_condition(api, "Complete")
+    watched(reconciler)
+    await reconciler.reconcile(KEY)
+    cache = api.objects[("SLMDeployment", "ai", "assistant")]["status"]["cache"]
+    assert cache["phase"] == "Ready" and cache.get("bytesPerSecond", 0) == 0
+
+
+async def test_fetch_progress_is_best_effort(api: FakeApi, reconciler: Reconciler) -> None:
+    """A log the API refuses (no RBAC, container not started) changes nothing and fails nothing."""
+    api.put(slm_body({"model": {"name": "qwen2.5:0.5b"}, "hardware": {"preferred": "cpu"}}))
+    await reconciler.reconcile(KEY)
+    job_name = next(name for (kind, _, name) in api.objects if kind == "Job")
+    api.objects[("Job", "ai", job_name)]["status"] = {"active": 1}
+    pod = fetch_pod(job_name)
+    api.put(pod)
+    api.logs[(pod["metadata"]["name"], "fetch")] = ApiError(403, "pods/log is forbidden")
+    watched(reconciler)
+    result = await reconciler.reconcile(KEY)
+    assert result.requeue_after == FETCH_PROGRESS_SECONDS
+    assert api.objects[("SLMDeployment", "ai", "assistant")]["status"]["cache"]["phase"] == "Fetching"
+    assert api.objects[("SLMDeployment", "ai", "assistant")]["status"]["cache"].get("bytesPerSecond", 0) == 0

@@ -8,22 +8,12 @@ import pytest
 
 from slm_operator.api.v1alpha1 import SLMDeploymentSpec
 from slm_operator.catalog import Catalog, load_builtin_catalog
-from slm_operator.resolve import (
-    ExistingClaim,
-    MemoryEstimate,
-    NodeFacts,
-    Owner,
-    Plan,
-    ResolveFailure,
-    Taint,
-    detect_format,
-    detect_quantization,
-    estimate_memory,
-    parse_device_memory,
-    parse_quantity,
-    resolve,
-    source_basename,
-)
+from slm_operator.facts import ExistingClaim, NodeFacts, Taint
+from slm_operator.plan import MemoryEstimate, Owner, Plan, ResolveFailure
+from slm_operator.resolve import resolve
+from slm_operator.resolve.memory import estimate_memory
+from slm_operator.resolve.quantities import parse_device_memory, parse_quantity
+from slm_operator.resolve.sources import detect_format, detect_quantization, source_basename
 from slm_operator.settings import GiB, MiB, OperatorSettings
 from tests.unit.operator.conftest import GPU_TAINT, cpu_node, intel_npu_node, make_facts, nvidia_node
 

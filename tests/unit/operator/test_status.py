@@ -10,12 +10,14 @@ import pytest
 
 from slm_operator.api.v1alpha1 import SLMDeploymentSpec, SLMDeploymentStatus
 from slm_operator.catalog import Catalog
-from slm_operator.resolve import Owner, Plan, ResolveFailure, resolve
+from slm_operator.plan import Owner, Plan, ResolveFailure
+from slm_operator.resolve import resolve
 from slm_operator.settings import OperatorSettings
 from slm_operator.status import (
     DeploymentObservation,
     JobObservation,
     ObservedChildren,
+    carry_user_fields,
     compute_status,
     observe_deployment,
     observe_job,
@@ -128,6 +130,7 @@ def test_ready_status_in_full(owner: Owner, plan: Plan) -> None:
             "phase": "Ready",
             "bytesDownloaded": 0,
             "totalBytes": 397808192,
+            "bytesPerSecond": 0,
             "message": "",
         },
         "replicas": 1,
@@ -174,6 +177,7 @@ def test_fetching_is_reconciling(owner: Owner, plan: Plan) -> None:
         "phase": "Fetching",
         "bytesDownloaded": 100,
         "totalBytes": 400,
+        "bytesPerSecond": 0,
         "message": "",
     }
     model_cached = next(c for c in status["conditions"] if c["type"] == "ModelCached")
@@ -338,3 +342,62 @@ def test_a_direct_source_takes_its_quantization_from_the_fetched_file(owner: Own
     assert status["model"]["quantization"] == "q4_k_m"
     unknown = status_for(owner, direct, ObservedChildren(claim_phase="Bound"))
     assert unknown["placement"]["quantization"] == ""
+
+
+BENCHMARK = [
+    {
+        "tier": "cpu",
+        "accelerator": "cpu",
+        "quantization": "q4_k_m",
+        "recordedAt": "2026-11-30T01:02:03Z",
+        "promptTokens": 251,
+        "maxTokens": 128,
+        "levels": [{"concurrency": 1, "requests": 3, "ttftMs": 45.5, "decodeTokensPerSecond": 38.25}],
+    }
+]
+
+
+def test_a_recorded_benchmark_is_carried_over_unchanged(owner: Owner, plan: Plan) -> None:
+    observed = ObservedChildren(claim_phase="Bound", fetch_job=JobObservation(name=JOB, succeeded=True))
+    before = status_for(owner, plan, observed)
+    recorded = {**before, "benchmark": BENCHMARK}
+    computed = status_for(owner, plan, observed, previous=recorded, now=T1)
+    assert "benchmark" not in computed  # the operator never computes it ...
+    carried = carry_user_fields(computed, recorded)
+    assert carried == recorded  # ... and writes it back as it found it: nothing changed, no write
+    assert carried["benchmark"] is BENCHMARK
+    assert carry_user_fields(computed, before) == computed
+    assert "benchmark" not in carry_user_fields({**computed, "benchmark": []}, before)
+
+
+async def test_the_operators_status_writes_keep_a_recorded_benchmark(catalog: Catalog) -> None:
+    from slm_operator.controller.reconcile import Reconciler
+    from slm_operator.metrics import OperatorMetrics
+    from tests.unit.operator.test_reconcile import FakeApi, make_deployment_ready, set_job_condition, slm_body
+
+    api = FakeApi()
+    reconciler = Reconciler(api, OperatorSettings(), catalog, OperatorMetrics(), clock=lambda: T0)
+    reconciler.set_nodes([cpu_node("cpu-0", memory="64Gi")])
+    key = ("ai", "assistant")
+    api.put(slm_body({"model": {"name": "qwen2.5:0.5b"}, "hardware": {"preferred": "cpu"}}))
+    await reconciler.reconcile(key)
+    set_job_condition(api, "Complete")
+    reconciler.children.clear()
+    await reconciler.reconcile(key)
+    make_deployment_ready(api)
+    reconciler.children.clear()
+    await reconciler.reconcile(key)
+    slm = api.objects[("SLMDeployment", "ai", "assistant")]
+    slm["status"]["benchmark"] = BENCHMARK  # `slm bench --record`, between two reconciles
+
+    api.writes.clear()
+    steady = await reconciler.reconcile(key)
+    assert not steady.status_written and api.writes == []
+
+    # A change the operator writes status for (a replica goes away) keeps the benchmark.
+    api.objects[("Deployment", "ai", "assistant")]["status"]["readyReplicas"] = 0
+    reconciler.children.clear()
+    changed = await reconciler.reconcile(key)
+    assert changed.status_written
+    assert slm["status"]["readyReplicas"] == 0
+    assert slm["status"]["benchmark"] == BENCHMARK

@@ -1,4 +1,4 @@
-"""The one place the operator talks to the Kubernetes API (besides Kopf's own watches).
+"""The operator's requests to the Kubernetes API (besides Kopf's own watches).
 
 Plain JSON over kubernetes_asyncio's authenticated client: server-side apply under one
 field manager, reads, status patches and Events. Every request is counted (by verb and
@@ -79,6 +79,8 @@ class KubeApi(Protocol):
         self, involved: Mapping[str, Any], *, reason: str, message: str, type_: str = "Normal"
     ) -> None: ...
 
+    async def pod_log(self, namespace: str, name: str, container: str, *, tail_lines: int) -> str: ...
+
 
 def _path(kind: str, namespace: str, name: str = "") -> str:
     prefix, plural, namespaced = KINDS[kind]
@@ -114,6 +116,8 @@ class Kubernetes:
         query: list[tuple[str, str]] | None = None,
         body: Any = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
+        response_type: str = "object",
     ) -> Any:
         self.requests[f"{method} {kind}"] += 1
         if self._metrics is not None:
@@ -123,10 +127,10 @@ class Kubernetes:
                 path,
                 method,
                 query_params=query or [],
-                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                header_params={"Content-Type": content_type, "Accept": accept},
                 body=body,
                 auth_settings=["BearerToken"],
-                response_types_map={200: "object", 201: "object", 202: "object"},
+                response_types_map={200: response_type, 201: response_type, 202: response_type},
                 _return_http_data_only=True,
                 _request_timeout=30,
             )
@@ -154,6 +158,18 @@ class Kubernetes:
             "GET", _path(kind, namespace), kind=kind, query=[("labelSelector", label_selector)]
         )
         return list(result.get("items") or [])
+
+    async def pod_log(self, namespace: str, name: str, container: str, *, tail_lines: int) -> str:
+        """The last lines a container wrote (at most 16 KiB), as text."""
+        result = await self._call(
+            "GET",
+            _path("Pod", namespace, name) + "/log",
+            kind="Pod/log",
+            query=[("container", container), ("tailLines", str(tail_lines)), ("limitBytes", "16384")],
+            accept="text/plain",
+            response_type="str",
+        )
+        return str(result or "")
 
     async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply under the operator's field manager; it owns what it sets."""
