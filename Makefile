@@ -11,10 +11,10 @@ export SLM_CLUSTER_DIR ?= $(CURDIR)/.cluster
 PYTEST_ARGS ?=
 
 .PHONY: help install lint format typecheck importlint test test-unit test-k8s test-e2e test-runtime \
-        cluster-bins cluster-up cluster-down cluster-status images crds demo demo-down bench clean
+        cluster-bins cluster-up cluster-down cluster-status images generate verify-generated demo demo-down bench clean
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(BIN)/.installed: pyproject.toml hack/build-llama-wheel.sh
 	@echo ">> creating $(VENV) and installing slm-operator with the operator, runtime, cli and dev extras"
@@ -74,7 +74,7 @@ test-k8s: install cluster-bins images ## tests against the real local control pl
 test-e2e: install cluster-bins images ## only the end-to-end tests on the real node (real pods, our images, SmolLM2)
 	$(BIN)/pytest -m "realnode" $(PYTEST_ARGS)
 
-test: install cluster-bins images lint typecheck ## everything CI runs: lint, types, all tests (starts the control plane and a real node)
+test: install cluster-bins images lint typecheck verify-generated ## everything CI runs: lint, types, generated files, all tests (starts the control plane and a real node)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 demo: install cluster-bins images ## the local demo on real pods: the chart, the operator pod, SmolLM2 answering the ollama and openai clients
@@ -83,13 +83,12 @@ demo: install cluster-bins images ## the local demo on real pods: the chart, the
 demo-down: ## stop and remove everything the demo started
 	@$(PY) hack/demo.py down
 
-crds: install ## regenerate the CRD (crds/, the chart) and the plain install manifest from the pydantic API
-	$(PY) -m slm_operator.api.crd --write
-	bash deploy/render.sh
-	$(PY) hack/gen_docs.py
+# deploy/install.yaml is `helm template` of the chart: --with-helm renders it with helm from cluster-bins.
+generate: install cluster-bins ## regenerate every generated file: CRDs, chart schema and default tiers, docs, deploy/install.yaml
+	$(PY) -m slm_operator.generate --with-helm
 
-docs: install ## regenerate docs/api-reference.md and docs/runtime-settings.md from their sources
-	$(PY) hack/gen_docs.py
+verify-generated: install cluster-bins ## fail, listing each stale generated file with a diff, when a source changed without `make generate`
+	$(PY) -m slm_operator.generate --check --with-helm
 
 clean: cluster-down ## remove the virtual environment and caches in the tree
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

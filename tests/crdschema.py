@@ -26,7 +26,7 @@ import celpy
 import yaml
 from celpy.adapter import json_to_cel
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CRD_FILE = ROOT / "crds" / "slm.dev_slmdeployments.yaml"
 
 

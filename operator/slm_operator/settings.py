@@ -4,24 +4,35 @@ Everything placement knows about hardware is data here (device resources, labels
 per accelerator), so a cluster with other devices is supported by configuration, not code. Values
 come, highest priority first, from init arguments, `SLM_OPERATOR_*` environment variables (complex
 values as JSON), and the YAML file named by `SLM_OPERATOR_CONFIG_FILE` (the Helm chart mounts its
-ConfigMap there), then the defaults below.
+ConfigMap there), then the defaults below and the built-in tiers of `data/default_tiers.yaml`.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import os
+from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from slm_operator.api.v1alpha1 import Tier
+from slm_operator.api.v1alpha1 import TIERS, Tier
 
 ENV_PREFIX = "SLM_OPERATOR_"
 CONFIG_FILE_ENV = f"{ENV_PREFIX}CONFIG_FILE"
@@ -30,6 +41,8 @@ MiB = 1 << 20
 
 ModelFileFormat = Literal["gguf", "onnx"]
 MemoryUnit = Literal["bytes", "MiB", "GiB"]
+NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
+ImageReference = Annotated[str, StringConstraints(min_length=1, pattern=r"^[^\s]+$")]
 
 
 class _Data(BaseModel):
@@ -62,7 +75,7 @@ class TolerationSettings(_Data):
 class AcceleratorSettings(_Data):
     """One kind of device a tier can use, and how nodes advertise it."""
 
-    name: str = Field(description="Short name, shown in status.placement.accelerator (e.g. nvidia).")
+    name: NonEmptyStr = Field(description="Short name, shown in status.placement.accelerator (e.g. nvidia).")
     resource_name: str = Field(
         default="", description="Extended resource requested per device (e.g. nvidia.com/gpu); empty on cpu."
     )
@@ -82,8 +95,10 @@ class AcceleratorSettings(_Data):
     )
     product_label: str = Field(default="", description="Node label naming the device model, for messages.")
     tolerations: list[TolerationSettings] = Field(default_factory=list)
-    formats: list[ModelFileFormat] = Field(description="Model formats the runtime runs on this device.")
-    runtime: str = Field(description="Key into images: the image variant for this device.")
+    formats: list[ModelFileFormat] = Field(
+        min_length=1, description="Model formats the runtime runs on this device."
+    )
+    runtime: NonEmptyStr = Field(description="Key into images: the image variant for this device.")
     execution_provider: str = Field(
         default="cpu", description="ONNX Runtime execution provider for ONNX models on this device."
     )
@@ -93,9 +108,11 @@ class AcceleratorSettings(_Data):
 class TinyModelRule(_Data):
     """Prefer a higher-precision quantization for tiny models when memory is plentiful (cpu tier)."""
 
-    max_parameters: int = Field(description="Models with at most this many parameters count as tiny.")
+    max_parameters: int = Field(ge=0, description="Models with at most this many parameters count as tiny.")
     memory_factor: float = Field(
-        default=4.0, description="Node memory must exceed the estimate at that precision this many times."
+        default=4.0,
+        gt=0,
+        description="Node memory must exceed the estimate at that precision this many times.",
     )
     quantizations: dict[ModelFileFormat, list[str]] = Field(description="Tried before the tier's list.")
 
@@ -103,109 +120,46 @@ class TinyModelRule(_Data):
 class TierSettings(_Data):
     """A hardware tier: its accelerators (tried in order) and its automatic quantization ladder."""
 
-    accelerators: list[AcceleratorSettings]
+    accelerators: list[AcceleratorSettings] = Field(
+        min_length=1, description="Devices of this tier, tried in order."
+    )
     auto_quantization: dict[ModelFileFormat, list[str]] = Field(
         description="quantization: auto tries these, best quality first, per format."
     )
     tiny_model: TinyModelRule | None = None
 
 
-def _tolerate(key: str) -> list[TolerationSettings]:
-    return [TolerationSettings(key=key, operator="Exists", effect="NoSchedule")]
+DEFAULT_TIERS_RESOURCE = "data/default_tiers.yaml"
+_TIER_MAP = TypeAdapter(dict[Tier, TierSettings])
+
+
+def default_tiers_yaml() -> str:
+    """The text of the built-in tiers' data file (the chart's values.yaml shows it)."""
+    return resources.files("slm_operator").joinpath(DEFAULT_TIERS_RESOURCE).read_text(encoding="utf-8")
+
+
+def parse_tiers(text: str, where: str) -> dict[Tier, TierSettings]:
+    """A complete tier map (every tier defined) from YAML; errors name `where`."""
+    try:
+        tiers = _TIER_MAP.validate_python(yaml.safe_load(text))
+    except (yaml.YAMLError, ValidationError) as error:
+        raise ValueError(
+            f"{where}: not a valid map of tier name ({', '.join(TIERS)}) to tier: {error}"
+        ) from error
+    missing = [tier for tier in TIERS if tier not in tiers]
+    if missing:
+        raise ValueError(f"{where}: every tier needs a definition; add {', '.join(missing)}")
+    return tiers
+
+
+@functools.cache
+def _builtin_tiers() -> dict[Tier, TierSettings]:
+    return parse_tiers(default_tiers_yaml(), f"slm_operator/{DEFAULT_TIERS_RESOURCE}")
 
 
 def default_tiers() -> dict[Tier, TierSettings]:
-    """The built-in hardware knowledge: device plugins' resource names, labels and taints."""
-    ascend = [
-        AcceleratorSettings(
-            name=f"ascend-{model.lower().removeprefix('ascend')}",
-            resource_name=f"huawei.com/{model}",
-            node_selector={"accelerator": f"huawei-{model}"},
-            tolerations=_tolerate(f"huawei.com/{model}"),
-            formats=["onnx"],
-            runtime="cann",
-            execution_provider="cann",
-        )
-        for model in ("Ascend910", "Ascend310", "Ascend310P")
-    ]
-    intel_gpus = [
-        AcceleratorSettings(
-            name=f"intel-gpu-{driver}",
-            resource_name=f"gpu.intel.com/{driver}",
-            memory_label="gpu.intel.com/memory.max",
-            memory_label_unit="bytes",
-            tolerations=_tolerate(f"gpu.intel.com/{driver}"),
-            formats=["gguf", "onnx"],
-            runtime="intel",
-            execution_provider="openvino",
-        )
-        for driver in ("i915", "xe")
-    ]
-    return {
-        "npu": TierSettings(
-            accelerators=[
-                AcceleratorSettings(
-                    name="intel-npu",
-                    resource_name="npu.intel.com/npu",
-                    tolerations=_tolerate("npu.intel.com/npu"),
-                    formats=["onnx"],
-                    runtime="openvino",
-                    execution_provider="openvino",
-                ),
-                *ascend,
-                AcceleratorSettings(
-                    name="qualcomm-ai100",
-                    resource_name="qualcomm.com/qaic",
-                    tolerations=_tolerate("qualcomm.com/qaic"),
-                    formats=["onnx"],
-                    runtime="qnn",
-                    execution_provider="qnn",
-                ),
-            ],
-            auto_quantization={"onnx": ["int8", "int4"]},
-        ),
-        "gpu": TierSettings(
-            accelerators=[
-                AcceleratorSettings(
-                    name="nvidia",
-                    resource_name="nvidia.com/gpu",
-                    memory_label="nvidia.com/gpu.memory",
-                    memory_label_unit="MiB",
-                    product_label="nvidia.com/gpu.product",
-                    tolerations=_tolerate("nvidia.com/gpu"),
-                    formats=["gguf", "onnx"],
-                    runtime="cuda",
-                    execution_provider="cuda",
-                ),
-                AcceleratorSettings(
-                    name="amd",
-                    resource_name="amd.com/gpu",
-                    memory_label="amd.com/gpu.vram",
-                    memory_label_unit="MiB",
-                    product_label="amd.com/gpu.device-id",
-                    tolerations=_tolerate("amd.com/gpu"),
-                    formats=["gguf", "onnx"],
-                    runtime="rocm",
-                    execution_provider="rocm",
-                ),
-                *intel_gpus,
-            ],
-            auto_quantization={"gguf": ["f16", "q8_0", "q4_k_m"], "onnx": ["fp16", "int8", "int4"]},
-        ),
-        "cpu": TierSettings(
-            accelerators=[
-                AcceleratorSettings(
-                    name="cpu", formats=["gguf", "onnx"], runtime="cpu", execution_provider="cpu"
-                )
-            ],
-            auto_quantization={"gguf": ["q4_k_m"], "onnx": ["int4"]},
-            tiny_model=TinyModelRule(
-                max_parameters=2_000_000_000,
-                memory_factor=4.0,
-                quantizations={"gguf": ["q8_0"], "onnx": ["int8"]},
-            ),
-        ),
-    }
+    """The built-in hardware knowledge (device plugins' resource names, labels and taints): a data file."""
+    return dict(_builtin_tiers())  # a copy: callers may add to it; the tiers themselves are frozen
 
 
 RUNTIME_IMAGE_REPOSITORY = "ghcr.io/slm-operator/slm-runtime"
@@ -216,6 +170,12 @@ def default_runtime_images() -> dict[str, str]:
     """Image per runtime variant; the Helm chart's `settings.images` uses the same keys."""
     variants = ("cpu", "cuda", "rocm", "intel", "openvino", "cann", "qnn")
     return {variant: f"{RUNTIME_IMAGE_REPOSITORY}:{RUNTIME_IMAGE_TAG}-{variant}" for variant in variants}
+
+
+class SecretReference(_Data):
+    """A Secret by name, as core/v1 LocalObjectReference spells it in Helm values."""
+
+    name: NonEmptyStr
 
 
 class DefaultsSettings(_Data):
@@ -230,11 +190,13 @@ class DefaultsSettings(_Data):
         le=10.0,
         description="Extra room on top of the model size for cache claims (fraction).",
     )
-    image_pull_secrets: list[str] = Field(
+    image_pull_secrets: list[NonEmptyStr] = Field(
         default_factory=list, description="Image pull Secret names added to runtime and fetch Pods."
     )
 
-    @field_validator("image_pull_secrets", mode="before")
+    @field_validator(
+        "image_pull_secrets", mode="before", json_schema_input_type=list[SecretReference | NonEmptyStr]
+    )
     @classmethod
     def _secret_names(cls, value: Any) -> Any:
         # Helm values usually spell these as core/v1 LocalObjectReference ({name: ...}).
@@ -283,21 +245,29 @@ class OperatorSettings(BaseSettings):
     )
 
     config_file: str = Field(default="", description="YAML file with these settings (the chart's ConfigMap).")
-    tiers: dict[Tier, TierSettings] = Field(default_factory=default_tiers)
-    images: dict[str, str] = Field(
+    tiers: dict[Tier, TierSettings] = Field(
+        default_factory=default_tiers,
+        description="Hardware tiers (npu, gpu, cpu). A tier given replaces the built-in one whole (see "
+        "slm_operator/data/default_tiers.yaml); tiers left out keep theirs.",
+    )
+    images: dict[str, ImageReference] = Field(
         default_factory=default_runtime_images,
         description="Runtime image per variant (cpu, cuda, rocm, intel, openvino, cann, qnn); merged over the "
         "defaults.",
     )
     fetch_image: str = Field(default="", description="Image of the fetch Job; empty = images['cpu'].")
-    allowed_images: list[str] = Field(
+    allowed_images: list[NonEmptyStr] = Field(
         default_factory=list,
         description="Images an SLMDeployment's spec.image may name (shell-style patterns, e.g. "
         "'registry.example.com/ml/*'); empty = any image. Whoever may create SLMDeployments chooses the "
         "image their pods run: set this where that is not everyone's call.",
     )
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    defaults: DefaultsSettings = Field(default_factory=DefaultsSettings)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        default="IfNotPresent", description="imagePullPolicy of runtime and fetch Pods."
+    )
+    defaults: DefaultsSettings = Field(
+        default_factory=DefaultsSettings, description="Defaults for the children the operator creates."
+    )
     catalog: dict[str, Any] | str = Field(
         default="",
         description="Catalog additions (same schema as the built-in one), as a mapping or YAML/JSON text, merged "
@@ -311,7 +281,7 @@ class OperatorSettings(BaseSettings):
     memory_limit_factor: float = Field(
         default=1.25, ge=1.0, description="Memory limit = request x this factor (estimates are estimates)."
     )
-    default_cpu_request: str = Field(default="1", description="CPU request when threads is 0.")
+    default_cpu_request: NonEmptyStr = Field(default="1", description="CPU request when threads is 0.")
     unknown_model_bytes: int = Field(
         default=4 * GiB, ge=0, description="Assumed weights size of a direct source not fetched yet."
     )
@@ -354,7 +324,7 @@ class OperatorSettings(BaseSettings):
     @field_validator("images", mode="after")
     @classmethod
     def _images_over_defaults(cls, images: dict[str, str]) -> dict[str, str]:
-        return {**default_runtime_images(), **{k: v for k, v in images.items() if v}}
+        return {**default_runtime_images(), **images}
 
     def effective_fetch_image(self) -> str:
         return self.fetch_image or self.images.get("cpu", "")

@@ -50,6 +50,7 @@ NAMESPACED_RULES: dict[tuple[str, str], set[str]] = {
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"list"},
+    ("", "pods/log"): {"get"},
     ("", "events"): {"create"},
 }
 CLUSTER_RULES: dict[tuple[str, str], set[str]] = {

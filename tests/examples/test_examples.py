@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.examples.crdschema import (
+from tests.crdschema import (
     CRD_FILE,
     ROOT,
     apply_defaults,

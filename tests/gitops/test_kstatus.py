@@ -7,7 +7,7 @@ import copy
 import jsonschema
 import pytest
 
-from tests.examples.crdschema import load_crd, version_schema
+from tests.crdschema import load_crd, version_schema
 from tests.gitops.kstatus import Status, compute
 from tests.gitops.lifecycle import NO_TIER, Step, condition, lifecycle, slmd
 

@@ -104,10 +104,15 @@ scope). The operator applies children with server-side apply (PATCH), hence patc
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Read-only: a fetch Job's Pods are listed (by job-name) once per outcome, for the fetcher's
-# termination message. No get, watch, exec or logs.
+# termination message, and while it runs, for its progress. No get, watch or exec.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
+# Read-only: the last lines of a running fetch Pod's log (its progress lines: bytes, total, rate)
+# become status.cache, which `slm pull` shows as a progress bar.
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
 # Events about placement decisions and failures: the reconciler (and Kopf, for warnings) POSTs
 # core/v1 Events, each with a name of its own; nothing patches or aggregates them.
 - apiGroups: [""]

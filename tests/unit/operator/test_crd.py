@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import celpy
 import jsonschema
 import pytest
 import yaml
@@ -23,25 +22,14 @@ from slm_operator.api.crd import (
     CRD_PATH,
     build_crd,
     main,
-    render_chart_crd_yaml,
     render_crd_yaml,
 )
 from slm_operator.api.v1alpha1 import SLMDeploymentSpec, SLMDeploymentStatus
+from tests.crdschema import apply_defaults, cel_errors
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 CRD = build_crd()
 VERSION = CRD["spec"]["versions"][0]
 SCHEMA = VERSION["schema"]["openAPIV3Schema"]
-
-
-def test_committed_crd_matches_the_models() -> None:
-    committed = (REPO_ROOT / CRD_PATH).read_text(encoding="utf-8")
-    assert committed == render_crd_yaml(), "run `python -m slm_operator.api.crd --write` (make crds)"
-
-
-def test_chart_copy_matches() -> None:
-    chart_copy = REPO_ROOT / CHART_CRD_DIR / CRD_FILE_NAME
-    assert chart_copy.read_text(encoding="utf-8") == render_chart_crd_yaml()
 
 
 def test_write_puts_the_crd_in_crds_and_the_chart(tmp_path: Path) -> None:
@@ -135,45 +123,20 @@ def test_defaults_and_enums() -> None:
 
 # --- validation as the API server would do it ------------------------------------------------
 
-_CEL = celpy.Environment()
-
-
-def _apply_defaults(schema: dict[str, Any], value: Any) -> Any:
-    if isinstance(value, dict) and "properties" in schema:
-        for name, child in schema["properties"].items():
-            if name not in value and "default" in child:
-                value[name] = copy.deepcopy(child["default"])
-            if name in value:
-                value[name] = _apply_defaults(child, value[name])
-    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
-        return [_apply_defaults(schema["items"], item) for item in value]
-    return value
-
-
-def _cel_errors(schema: dict[str, Any], value: Any) -> list[str]:
-    errors: list[str] = []
-    for rule in schema.get("x-kubernetes-validations", []):
-        program = _CEL.program(_CEL.compile(rule["rule"]))
-        if not bool(program.evaluate({"self": celpy.json_to_cel(value)})):
-            errors.append(rule["message"])
-    if isinstance(value, dict):
-        for name, child in (schema.get("properties") or {}).items():
-            if name in value:
-                errors += _cel_errors(child, value[name])
-    if isinstance(value, list) and isinstance(schema.get("items"), dict):
-        for item in value:
-            errors += _cel_errors(schema["items"], item)
-    return errors
-
 
 def validate(spec: dict[str, Any], name: str = "assistant") -> list[str]:
     """Schema errors and failed CEL messages for an SLMDeployment with this spec."""
-    obj = _apply_defaults(
+    obj = apply_defaults(
         SCHEMA,
         {"apiVersion": "slm.dev/v1alpha1", "kind": "SLMDeployment", "metadata": {"name": name}, "spec": spec},
     )
     errors = [error.message for error in jsonschema.Draft7Validator(SCHEMA).iter_errors(obj)]
-    return errors + _cel_errors(SCHEMA, obj)
+    return errors + cel_errors(SCHEMA, obj)
+
+
+def _header(name: str = "X-Api-Key", key: str = "token", **fields: str) -> dict[str, Any]:
+    """A model.headersFrom entry."""
+    return {"header": name, "secretKeyRef": {"name": "registry", "key": key}, **fields}
 
 
 VALID_SPECS: list[dict[str, Any]] = [
@@ -200,6 +163,27 @@ VALID_SPECS: list[dict[str, Any]] = [
         "hardware": {"preferred": "npu"},
     },
     {"model": {"name": "qwen2.5", "quantization": "auto"}, "hardware": {"preferred": "cpu", "fallback": []}},
+    {
+        "model": {
+            "source": "https://models.example/m.gguf",
+            "headersFrom": [
+                {
+                    "header": "Authorization",
+                    "prefix": "Bearer ",
+                    "secretKeyRef": {"name": "registry", "key": "token"},
+                },
+                {"header": "X-Api-Key", "secretKeyRef": {"name": "gateway", "key": "api-key"}},
+            ],
+        }
+    },
+    {"model": {"source": "hf://org/private/m.gguf@v1", "hfTokenSecretRef": {"name": "hf", "key": "token"}}},
+    {
+        "model": {
+            "name": "phi4:mini",
+            "hfTokenSecretRef": {"name": "hf", "key": "token"},
+            "headersFrom": [{"header": "X-Mirror-Key", "secretKeyRef": {"name": "mirror", "key": "key"}}],
+        }
+    },
 ]
 
 
@@ -240,6 +224,45 @@ def test_valid_specs_pass_and_parse(spec: dict[str, Any]) -> None:
             {"model": {"name": "a"}, "replicas": 2, "cache": {"accessMode": "ReadWriteOnce"}},
             "replicas above 1 need cache.accessMode ReadWriteMany",
         ),
+        *[
+            (
+                {"model": {"source": "https://h/m.gguf", "headersFrom": [_header(name)]}},
+                "model.headersFrom[].header cannot be Host, Content-Length",
+            )
+            for name in (
+                "Host",
+                "range",
+                "If-Range",
+                "ACCEPT-ENCODING",
+                "Content-Length",
+                "Transfer-Encoding",
+            )
+        ],
+        (
+            {"model": {"source": "https://h/m.gguf", "headersFrom": [_header(key="")]}},
+            "model.headersFrom[].secretKeyRef needs both name and key",
+        ),
+        *[
+            (
+                {"model": {"source": source, "headersFrom": [_header()]}},
+                "model.headersFrom is for http://, https:// and hf:// sources and catalog names",
+            )
+            for source in ("pvc://claim/m.gguf", "file:///models/m.gguf", "s3://bucket/m.gguf")
+        ],
+        (
+            {"model": {"source": "https://h/m.gguf", "hfTokenSecretRef": {"name": "hf", "key": "t"}}},
+            "model.hfTokenSecretRef is sent to the Hugging Face endpoint, so it needs an hf:// source",
+        ),
+        (
+            {
+                "model": {
+                    "name": "a",
+                    "hfTokenSecretRef": {"name": "hf", "key": "t"},
+                    "headersFrom": [_header("authorization")],
+                }
+            },
+            "model.hfTokenSecretRef already sends the Authorization header",
+        ),
     ],
 )
 def test_cel_rules_reject(spec: dict[str, Any], message: str) -> None:
@@ -258,6 +281,11 @@ def test_cel_rules_reject(spec: dict[str, Any], message: str) -> None:
         {"model": {"source": "ftp://host/model.gguf"}},
         {"model": {"name": "a", "sha256": "xyz"}},
         {"model": {"name": "a"}, "cache": {"size": "lots"}},
+        {"model": {"source": "https://h/m.gguf", "headersFrom": [_header("X Api Key")]}},
+        {"model": {"source": "https://h/m.gguf", "headersFrom": [_header("X-Api-Key:")]}},
+        {"model": {"source": "https://h/m.gguf", "headersFrom": [_header(prefix="Bearer\nX-Injected: 1")]}},
+        {"model": {"source": "https://h/m.gguf", "headersFrom": [{"header": "X-Api-Key"}]}},
+        {"model": {"source": "https://h/m.gguf", "headersFrom": [_header(f"X-{i}") for i in range(9)]}},
     ],
 )
 def test_schema_rejects(spec: dict[str, Any]) -> None:
@@ -282,11 +310,19 @@ def test_cel_rules_exist_where_expected() -> None:
     }
     assert len(rules[""]) == 2
     assert len(rules[".spec"]) == 1
-    assert len(rules[".spec.model"]) == 4
+    assert len(rules[".spec.model"]) == 7
+    assert len(rules[".spec.model.headersFrom[]"]) == 2
     assert len(rules[".spec.hardware"]) == 1
     assert len(rules[".spec.api"]) == 1
     assert len(rules[".spec.api.apiKeySecretRef"]) == 1
     assert len(rules[".spec.model.hfTokenSecretRef"]) == 1
+
+
+def test_header_names_are_list_map_keys() -> None:
+    """The API server refuses two entries for one header and server-side apply merges by header."""
+    headers = SCHEMA["properties"]["spec"]["properties"]["model"]["properties"]["headersFrom"]
+    assert (headers["x-kubernetes-list-type"], headers["x-kubernetes-list-map-keys"]) == ("map", ["header"])
+    assert headers["items"]["required"] == ["header", "secretKeyRef"]
 
 
 def test_status_model_round_trips_the_schema() -> None:
