@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn, TextIO
 
-from slm_operator.cli import models
+from slm_operator.cli import bench, models
 from slm_operator.cli.commands import COMMANDS, Context
 from slm_operator.cli.errors import CliError
 from slm_operator.cli.output import OUTPUT_FORMATS
@@ -126,7 +126,14 @@ def build_parser() -> Parser:
     pull.add_argument("--name", help="SLMDeployment name, for one model (default: from the model name)")
 
     run = sub.add_parser(
-        "run", parents=[cluster], help="chat with a model (deploys a catalog model on demand)"
+        "run",
+        parents=[cluster],
+        help="chat with a model (deploys a catalog model on demand)",
+        epilog=(
+            "The model is reached by an in-process port-forward (RBAC: get services, list pods, create "
+            "pods/portforward). SLM_PORT_FORWARD=auto (default) falls back on `kubectl port-forward` "
+            "when it cannot start, native never does, kubectl always uses kubectl, as --kubectl does."
+        ),
     )
     run.add_argument("name", metavar="NAME", help="an SLMDeployment, or a catalog model name")
     run.add_argument("prompt", nargs="*", metavar="PROMPT", help="answer this and exit (default: a REPL)")
@@ -135,8 +142,20 @@ def build_parser() -> Parser:
     run.add_argument("--verbose", action="store_true", help="print timings and token rates after answers")
     run.add_argument("--api-key", help="the API key (default: read spec.api.apiKeySecretRef's Secret)")
     run.add_argument(
-        "--kubectl", metavar="PATH", help="kubectl for the port-forward (default: $SLM_KUBECTL, PATH)"
+        "--kubectl",
+        metavar="PATH",
+        help="port-forward with this kubectl, not in-process (kubectl's default: $SLM_KUBECTL, PATH)",
     )
+
+    bench_parser = sub.add_parser(
+        "bench",
+        parents=[cluster],
+        help="measure time to first token and token rates per concurrency level",
+        description=bench.DESCRIPTION,
+        epilog=bench.EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench.add_arguments(bench_parser)
 
     models_parser = sub.add_parser("models", help="browse the model catalog")
     models_sub = models_parser.add_subparsers(dest="models_command", metavar="COMMAND")
@@ -170,7 +189,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         err.write(f"error: {error.message}\n")
         for line in error.details:
             err.write(f"  {line}\n")
-        return 1
+        return int(getattr(error, "exit_code", 1))  # `slm bench`: 2 when some requests failed
     except KeyboardInterrupt:
         err.write("interrupted\n")
         return 130

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from slm_operator.catalog import Catalog, load_builtin_catalog
-from slm_operator.cli import foundry, modelfile, models
+from slm_operator.cli import bench_status, foundry, modelfile, models
 from slm_operator.cli.errors import CliError
 from slm_operator.cli.kube import FIELD_MANAGER, Kube
 from slm_operator.cli.output import (
@@ -109,6 +109,8 @@ def cmd_create(ctx: Context) -> None:
     check_name(args.name)
     text = _read(args.file, "Modelfile")
     result = modelfile.to_spec(text, ctx.catalog, check_catalog=not args.no_catalog_check)
+    for note in result.notes:
+        ctx.warn(f"note: {args.file} {note}")
     spec = dict(result.spec)
     if args.replicas is not None:
         spec["replicas"] = args.replicas
@@ -258,7 +260,8 @@ def ps_table(
 ) -> Table:
     table = Table(
         headers=["NAME", "PROCESSOR", "NODE", "CONTEXT", "READY", "REPLICAS", "UNTIL"],
-        wide=["MODEL", "QUANT", "MEMORY", "ENDPOINT"],
+        # TTFT, TOK/S@1, TOK/S@MAX: the benchmark recorded where the model runs now (`slm bench --record`).
+        wide=["MODEL", "QUANT", "MEMORY", "TTFT", "TOK/S@1", "TOK/S@MAX", "ENDPOINT"],
     )
     if all_namespaces:
         table.headers.insert(0, "NAMESPACE")
@@ -284,6 +287,7 @@ def ps_table(
             quant=str(getpath(obj, "status", "placement", "quantization", default="") or "-"),
             memory=Cell(human_size(memory), float(memory)),
             endpoint=str(getpath(obj, "status", "endpoint", default="") or "-"),
+            **bench_status.ps_cells(bench_status.current_entry(obj)),
         )
     return table
 
@@ -423,6 +427,7 @@ def show_text(obj: Mapping[str, Any]) -> str:
             ("apis", ", ".join(n for n in ("openai", "ollama") if getpath(spec, "api", n, default=True))),
         ],
     )
+    lines += bench_status.show_lines(obj)
     conditions = getpath(obj, "status", "conditions", default=[])
     if conditions:
         lines.append("  Conditions")
@@ -645,16 +650,79 @@ def cmd_models_list(ctx: Context) -> None:
     emit(ctx.out, table, args.output, args.sort_by, entries, empty="No catalog model matches these filters.")
 
 
-def _progress(obj: Mapping[str, Any]) -> str:
+def fetch_progress(obj: Mapping[str, Any]) -> tuple[str, int, int, int]:
+    """(phase, bytes downloaded, total bytes, bytes per second) from status.cache."""
     cache = getpath(obj, "status", "cache", default={}) or {}
-    done = int(cache.get("bytesDownloaded") or 0)
-    total = int(cache.get("totalBytes") or 0)
-    phase = str(cache.get("phase") or "Pending")
+    return (
+        str(cache.get("phase") or "Pending"),
+        int(cache.get("bytesDownloaded") or 0),
+        int(cache.get("totalBytes") or 0),
+        int(cache.get("bytesPerSecond") or 0),
+    )
+
+
+def progress_text(obj: Mapping[str, Any]) -> str:
+    """One line of fetch progress, like Ollama's: phase, percent, done/total, rate."""
+    phase, done, total, rate = fetch_progress(obj)
+    parts = [phase.lower()]
     if total > 0:
-        return f"{phase.lower()} {100 * done // total:3d}% {human_size(done)}/{human_size(total)}"
-    if done > 0:
-        return f"{phase.lower()} {human_size(done)}"
-    return phase.lower()
+        parts.append(f"{100 * done // total:3d}% {human_size(done)}/{human_size(total)}")
+    elif done > 0:
+        parts.append(human_size(done))
+    if rate > 0 and phase == "Fetching":
+        parts.append(f"{human_size(rate)}/s")
+    return " ".join(parts)
+
+
+class PullDisplay:
+    """Fetch progress while `slm pull` waits: a rich progress bar on a terminal, else lines.
+
+    The figures are the operator's (status.cache, from the fetch Pod's progress lines), so the
+    bar moves every few seconds, as status does.
+    """
+
+    def __init__(self, out: Any, name: str, interactive: bool) -> None:
+        self.out = out
+        self.name = name
+        self._last = ""
+        self._bar: Any = None
+        self._task: Any = None
+        if interactive:
+            from rich.console import Console
+            from rich.progress import BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn
+
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TaskProgressColumn(),
+                DownloadColumn(binary_units=False),
+                TextColumn("{task.fields[rate]}"),
+                console=Console(file=out),
+                transient=False,
+            )
+            self._task = self._bar.add_task(f"pulling {name}", total=None, rate="")
+            self._bar.start()
+
+    def show(self, obj: Mapping[str, Any]) -> None:
+        if self._bar is None:
+            line = f"{self.name}: {progress_text(obj)}"
+            if line != self._last:
+                self.out.write(line + "\n")
+                self.out.flush()
+                self._last = line
+            return
+        phase, done, total, rate = fetch_progress(obj)
+        self._bar.update(
+            self._task,
+            completed=done,
+            total=total or None,
+            rate=f"{human_size(rate)}/s" if rate > 0 and phase == "Fetching" else phase.lower(),
+        )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
 
 def cmd_pull(ctx: Context) -> None:
@@ -696,42 +764,48 @@ def cmd_pull(ctx: Context) -> None:
 
 def wait_cached(ctx: Context, namespace: str, name: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    last = ""
     interactive = ctx.out.isatty() if hasattr(ctx.out, "isatty") else False
-    while True:
-        obj = ctx.kube().get_slm(namespace, name)
-        cached = condition(obj, "ModelCached")
-        stalled = condition(obj, "Stalled")
-        line = f"{name}: {_progress(obj)}"
-        if line != last:
-            ctx.out.write(("\r" + line) if interactive else line + "\n")
-            ctx.out.flush()
-            last = line
-        if cached.get("status") == "True" and is_current(obj, cached):
-            if interactive:
-                ctx.out.write("\n")
-            size = int(getpath(obj, "status", "model", "sizeBytes", default=0) or 0)
-            claim = getpath(obj, "status", "cache", "claimName", default="")
-            ctx.print(
-                f"success: {model_label(obj)} is cached in {claim}"
-                + (f" ({human_size(size)})" if size else "")
-            )
-            return
-        if stalled.get("status") == "True" and is_current(obj, stalled):
-            raise CliError(f"{name} cannot be pulled: {stalled.get('message', '')}; see `slm why {name}`")
-        if time.monotonic() > deadline:
-            reason = f" ({cached.get('reason')}: {cached.get('message')})" if cached.get("message") else ""
-            raise CliError(
-                f"{name}: the model is not cached after {timeout:.0f}s{reason}; keep waiting with "
-                f"`slm pull {name}` or look at `slm why {name}`"
-            )
-        ctx.sleep(1.0)
+    display = PullDisplay(ctx.out, name, interactive)
+    try:
+        while True:
+            obj = ctx.kube().get_slm(namespace, name)
+            cached = condition(obj, "ModelCached")
+            stalled = condition(obj, "Stalled")
+            display.show(obj)
+            if cached.get("status") == "True" and is_current(obj, cached):
+                display.close()
+                size = int(getpath(obj, "status", "model", "sizeBytes", default=0) or 0)
+                claim = getpath(obj, "status", "cache", "claimName", default="")
+                ctx.print(
+                    f"success: {model_label(obj)} is cached in {claim}"
+                    + (f" ({human_size(size)})" if size else "")
+                )
+                return
+            if stalled.get("status") == "True" and is_current(obj, stalled):
+                raise CliError(f"{name} cannot be pulled: {stalled.get('message', '')}; see `slm why {name}`")
+            if time.monotonic() > deadline:
+                reason = (
+                    f" ({cached.get('reason')}: {cached.get('message')})" if cached.get("message") else ""
+                )
+                raise CliError(
+                    f"{name}: the model is not cached after {timeout:.0f}s{reason}; keep waiting with "
+                    f"`slm pull {name}` or look at `slm why {name}`"
+                )
+            ctx.sleep(1.0)
+    finally:
+        display.close()
 
 
 def cmd_run(ctx: Context) -> None:
     from slm_operator.cli.run import cmd_run as run  # its own module, which imports this one
 
     run(ctx)
+
+
+def cmd_bench(ctx: Context) -> None:
+    from slm_operator.cli.bench import cmd_bench as bench  # its own module, which imports this one
+
+    bench(ctx)
 
 
 # Used by tests and the parser.
@@ -748,6 +822,7 @@ COMMANDS: dict[str, Callable[[Context], None]] = {
     "cp": cmd_cp,
     "pull": cmd_pull,
     "run": cmd_run,
+    "bench": cmd_bench,
     "models": cmd_models_list,
 }
 

@@ -146,6 +146,37 @@ class Kube:
                 )
             )
 
+    def patch_slm_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any] | None:
+        """A JSON merge patch of the status subresource; None when the patch's
+        metadata.resourceVersion is no longer current (409: read the object again and retry)."""
+        from kubernetes.client.exceptions import ApiException
+
+        what = f"write the status of SLMDeployment {namespace}/{name}"
+        with self._call(what):
+            try:
+                return dict(
+                    self.custom.patch_namespaced_custom_object_status(
+                        GROUP,
+                        VERSION,
+                        namespace,
+                        PLURAL,
+                        name,
+                        patch,
+                        field_manager=FIELD_MANAGER,
+                        _content_type="application/merge-patch+json",
+                        _request_timeout=REQUEST_TIMEOUT,
+                    )
+                )
+            except ApiException as error:
+                if error.status == 409:
+                    return None
+                if error.status in (401, 403):
+                    raise CliError(
+                        f"cannot {what}: forbidden; it needs RBAC `patch` on slmdeployments/status "
+                        f"(API group slm.dev) in namespace {namespace}"
+                    ) from error
+                raise
+
     def scale_slm(self, namespace: str, name: str, replicas: int) -> dict[str, Any]:
         with self._call(f"scale SLMDeployment {namespace}/{name}"):
             return dict(

@@ -12,6 +12,7 @@ PARAMETER is declared once for both directions.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from collections.abc import Callable, Mapping
@@ -90,9 +91,13 @@ class Instruction:
 @dataclass
 class Problems:
     lines: list[str]
+    notes: list[str] = dataclasses.field(default_factory=list)  # honoured, but worth a word to the user
 
     def add(self, line: int, message: str) -> None:
         self.lines.append(f"line {line}: {message}")
+
+    def note(self, line: int, message: str) -> None:
+        self.notes.append(f"line {line}: {message}")
 
 
 _INSTRUCTION = re.compile(r"^\s*([A-Za-z]+)(?:\s+|$)(.*)$")
@@ -203,6 +208,7 @@ def suggest(name: str, candidates: list[str]) -> str:
 class ModelfileResult:
     spec: dict[str, Any]
     annotations: dict[str, str]
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 def _number(kind: type, value: str) -> int | float | None:
@@ -275,7 +281,7 @@ def to_spec(text: str, catalog: Catalog, *, check_catalog: bool = True) -> Model
     if prompt:
         spec["prompt"] = prompt
     annotations = {LICENSE_ANNOTATION: "\n\n".join(licenses)} if licenses else {}
-    return ModelfileResult(spec=spec, annotations=annotations)
+    return ModelfileResult(spec=spec, annotations=annotations, notes=problems.notes)
 
 
 _GO_TEMPLATE = re.compile(r"\{\{-?\s*(\.|if\b|range\b|end\b|else\b|with\b|template\b|\$)")
@@ -375,6 +381,15 @@ def _parameter(
         return
     if name == "num_gpu" and number < 0:
         number = -1  # Ollama: negative = as many layers as fit; the spec: -1 = all
+    elif name == "num_gpu":
+        # Ollama's meaning, kept so that tuned Modelfiles behave the same; but a small value is
+        # often meant as a device count (the seed writes `num_gpu 1`), so say what it does.
+        problems.note(
+            ins.line,
+            f"PARAMETER num_gpu {number} puts {number} layer(s) on the GPU, as in Ollama "
+            "(spec.optimization.gpuLayers); for a number of GPUs per replica set spec.hardware.count "
+            "instead, and for every layer on the GPU remove the line",
+        )
     info = OptimizationSpec.model_fields[field].metadata
     low = next((m.ge for m in info if hasattr(m, "ge")), None)
     high = next((m.le for m in info if hasattr(m, "le")), None)

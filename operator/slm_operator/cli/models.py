@@ -9,7 +9,9 @@ from typing import Any
 from slm_operator.api.v1alpha1 import TIERS, SLMDeploymentSpec
 from slm_operator.catalog import Catalog, CatalogModel
 from slm_operator.cli.errors import CliError
-from slm_operator.resolve import Facts, NodeFacts, Owner, Plan, resolve
+from slm_operator.facts import Facts, NodeFacts
+from slm_operator.plan import Owner, Plan
+from slm_operator.resolve import resolve
 from slm_operator.settings import OperatorSettings
 
 SIZES = ("small", "medium", "large")

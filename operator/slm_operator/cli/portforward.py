@@ -1,7 +1,10 @@
-"""Reaching an SLMDeployment's Service from the user's machine: `kubectl port-forward`.
+"""Reaching an SLMDeployment's Service from the user's machine.
 
 `forward(ctx, obj)` is what the commands use (`run`, `bench`): a context manager that yields the
-local base URL of the model's API for as long as the `with` block runs.
+local base URL of the model's API for as long as the `with` block runs. It forwards in-process
+(podforward.py, no kubectl needed), or through a `kubectl port-forward` child process: when
+--kubectl is given, when SLM_PORT_FORWARD=kubectl, or as the fallback when the in-process one
+cannot start.
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from slm_operator.cli import podforward
 from slm_operator.cli.commands import Context
 from slm_operator.cli.errors import CliError
 from slm_operator.cli.output import getpath
 from slm_operator.naming import service_name
 
 PORT_FORWARD_TIMEOUT = 30.0
+MODE_VARIABLE = "SLM_PORT_FORWARD"
+MODES = ("auto", "native", "kubectl")
 _FORWARDING = re.compile(r"Forwarding from 127\.0\.0\.1:(\d+)")
 
 
@@ -53,7 +59,7 @@ def find_kubectl(explicit: str | None, kubeconfig: str | None) -> str:
         for path in candidates:
             if path.is_file() and os.access(path, os.X_OK):
                 return str(path)
-    raise CliError("slm run needs kubectl to reach the model: install it, or pass --kubectl PATH")
+    raise CliError("no kubectl on PATH nor beside the kubeconfig: install it, or pass --kubectl PATH")
 
 
 def port_forward_command(
@@ -75,11 +81,7 @@ def port_forward_command(
 
 
 class PortForward:
-    """A `kubectl port-forward` child process for as long as the `with` block runs.
-
-    A later step replaces it with an in-process forward over the kubernetes client's websocket
-    (portforward subresource), so that `slm run` needs no kubectl.
-    """
+    """A `kubectl port-forward` child process for as long as the `with` block runs."""
 
     def __init__(self, command: Sequence[str], timeout: float = PORT_FORWARD_TIMEOUT) -> None:
         self.command = list(command)
@@ -185,8 +187,50 @@ def forward_command(ctx: Context, obj: Mapping[str, Any]) -> list[str]:
     )
 
 
+def forward_mode(ctx: Context) -> str:
+    """$SLM_PORT_FORWARD: native, kubectl, or auto (the default: native, kubectl when --kubectl is given)."""
+    mode = (os.environ.get(MODE_VARIABLE) or "auto").strip().lower()
+    if mode not in MODES:
+        raise CliError(f"{MODE_VARIABLE}={mode} is not one of {', '.join(MODES)}: fix it or unset it")
+    if mode == "auto" and getattr(ctx.args, "kubectl", None):
+        return "kubectl"  # an explicit --kubectl means: use it
+    return mode
+
+
 @contextlib.contextmanager
 def forward(ctx: Context, obj: Mapping[str, Any]) -> Iterator[str]:
     """The base URL (http://127.0.0.1:PORT) of the model's API while the block runs."""
-    with PortForward(forward_command(ctx, obj)) as forwarding:
-        yield forwarding.url
+    mode = forward_mode(ctx)
+    meta = obj["metadata"]
+    with contextlib.ExitStack() as stack:
+        url, problem = None, ""
+        if mode != "kubectl":
+            try:
+                url = stack.enter_context(
+                    podforward.native_forward(
+                        ctx.kube(),
+                        str(meta["namespace"]),
+                        str(meta["name"]),
+                        int(getpath(obj, "spec", "api", "port", default=8080) or 8080),
+                        ctx.warn,
+                    )
+                )
+            except podforward.ForwardUnavailableError as error:
+                if mode == "native":
+                    raise CliError(
+                        f"{error.message}; unset {MODE_VARIABLE}=native to fall back on kubectl port-forward"
+                    ) from error
+                problem = error.message
+        if url is None:
+            try:
+                command = forward_command(ctx, obj)
+            except CliError as error:
+                if problem:
+                    raise CliError(
+                        f"{problem}, and kubectl, the fallback, is missing: {error.message}"
+                    ) from error
+                raise
+            if problem:
+                ctx.warn(f"in-process port-forward unavailable ({problem}); using kubectl port-forward")
+            url = stack.enter_context(PortForward(command)).url
+        yield url

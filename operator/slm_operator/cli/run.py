@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TextIO
 
 from slm_operator.cli import foundry, modelfile, portforward
-from slm_operator.cli.commands import Context, not_found, show_text
+from slm_operator.cli.commands import Context, fetch_progress, not_found, show_text
 from slm_operator.cli.errors import CliError
 from slm_operator.cli.ollama_client import Chunk, Message, OllamaChat
 from slm_operator.cli.output import getpath, human_size
@@ -91,7 +91,6 @@ def _started(ctx: Context, obj: dict[str, Any]) -> dict[str, Any]:
 def status_line(obj: Mapping[str, Any]) -> str:
     """One line: where the SLMDeployment is on its way to Ready."""
     name = obj["metadata"]["name"]
-    cache = getpath(obj, "status", "cache", default={}) or {}
     parts: list[str] = []
     for type_ in ("Placed", "ModelCached", "Ready"):
         cond = condition(obj, type_)
@@ -100,10 +99,10 @@ def status_line(obj: Mapping[str, Any]) -> str:
         reason = str(cond.get("reason") or "Pending")
         parts.append(f"{type_} {reason}")
         break
-    total = int(cache.get("totalBytes") or 0)
-    done = int(cache.get("bytesDownloaded") or 0)
+    phase, done, total, rate = fetch_progress(obj)
     if total and done < total:
-        parts.append(f"{100 * done // total}% of {human_size(total)}")
+        rate_text = f" at {human_size(rate)}/s" if rate and phase == "Fetching" else ""
+        parts.append(f"{100 * done // total}% of {human_size(total)}{rate_text}")
     ready = int(getpath(obj, "status", "readyReplicas", default=0) or 0)
     desired = int(getpath(obj, "spec", "replicas", default=1))
     return f"waiting for {name}: {', '.join(parts) or 'Ready'} ({ready}/{desired} replicas ready)"

@@ -228,3 +228,14 @@ LICENSE """MIT"""
     again = to_spec(regenerated, CATALOG)
     assert again.spec == first.spec
     assert again.annotations == first.annotations
+
+
+def test_num_gpu_keeps_ollamas_meaning_and_says_so() -> None:
+    result = to_spec("FROM phi4:mini\nPARAMETER num_gpu 1\n", CATALOG)
+    assert result.spec == {"model": {"name": "phi4:mini"}, "optimization": {"gpuLayers": 1}}
+    assert result.notes == [
+        "line 2: PARAMETER num_gpu 1 puts 1 layer(s) on the GPU, as in Ollama (spec.optimization.gpuLayers); "
+        "for a number of GPUs per replica set spec.hardware.count instead, and for every layer on the GPU "
+        "remove the line"
+    ]
+    assert to_spec("FROM phi4:mini\nPARAMETER num_gpu -1\n", CATALOG).notes == []
