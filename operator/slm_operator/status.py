@@ -205,7 +205,7 @@ def observe_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) 
     )
 
 
-# The fetcher's progress line on stderr (slm_runtime.fetch.Progress):
+# The fetcher's progress line on stderr (slm_runtime.fetch.progress.Progress):
 #   "fetch: 1234/5678 bytes (21.7%) at 345678 B/s"; the total is absent when the source sends none.
 _PROGRESS_LINE = re.compile(r"^fetch: (\d+)(?:/(\d+))? bytes\b.*?\bat (\d+) B/s\s*$")
 

@@ -24,7 +24,7 @@ from slm_runtime.apikey import ApiKey
 from slm_runtime.errors import ApiError, handle_api_error, handle_http_error, handle_validation_error
 from slm_runtime.metrics import RuntimeMetrics
 from slm_runtime.middleware import GuardMiddleware
-from slm_runtime.routes import ollama, openai_api, responses
+from slm_runtime.routes import ollama, ollama_models, openai_api, responses
 from slm_runtime.runtime import BackendFactory, Runtime, load_backend
 from slm_runtime.scheduler import Scheduler
 from slm_runtime.settings import ServeSettings
@@ -147,7 +147,7 @@ def create_app(settings: ServeSettings, backend_factory: BackendFactory = load_b
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
     app.include_router(_health_router())
     root = APIRouter()
-    ollama.root_route(root)
+    ollama_models.root_route(root)
     app.include_router(root)
     if settings.ollama_api:
         app.include_router(ollama.build_router())

@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from slm_runtime.backends.base import BackendError, ContextLengthExceededError
+
 ApiKind = Literal["ollama", "openai"]
 
 _OPENAI_TYPES = {
@@ -35,6 +37,18 @@ class ApiError(Exception):
         self.message = message
         self.param = param
         self.code = code
+
+
+def backend_refusal(exc: BackendError, prompt_field: str | None, *, of_prompt: bool) -> ApiError:
+    """A backend's refusal as the client's 400: the one place this mapping is made.
+
+    A prompt too long for the context, and (`of_prompt`) one the chat template or tokenizer refuses,
+    name the request field the prompt came from; other refusals (a schema llama.cpp cannot compile)
+    name the field the backend names, if any: blaming the prompt for them would mislead.
+    """
+    if isinstance(exc, ContextLengthExceededError):
+        return ApiError(400, str(exc), param=prompt_field, code="context_length_exceeded")
+    return ApiError(400, str(exc), param=exc.param or (prompt_field if of_prompt else None))
 
 
 def api_kind(path: str) -> ApiKind:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -28,6 +29,9 @@ MODEL_CORRUPTED = "ModelCorrupted"
 # `serve` exits with this code when the model does not match its digest.
 MODEL_CORRUPTED_EXIT = 3
 
+# A sha256 as this package writes and compares it: 64 lowercase hex characters.
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
 _CHUNK = 4 << 20
 _LARGE = 256 << 20  # files from this size on get a "verifying" line first (a few hundred ms)
 
@@ -35,6 +39,15 @@ _LARGE = 256 << 20  # files from this size on get a "verifying" line first (a fe
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def git_blob_sha1(path: Path) -> str:
+    """Git's blob id of a file (sha1 over `blob <size>\\0` and the bytes): a Hub's id of a non-LFS file."""
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode(), usedforsecurity=False)
     with path.open("rb") as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)

@@ -4,6 +4,8 @@ A model source may carry its credentials in the URL itself: userinfo (`https://u
 or a presigned query string (S3's `X-Amz-Signature`, Azure's `sig`, GCS's `X-Goog-Signature`,
 `token=` …). The fetch record and the termination message end up in the model's status, readable by
 anyone who can read the resource, so every source written anywhere goes through `redact_url`.
+Credentials read from files (request headers from Secrets) are registered with `register_secret`,
+and `redact_text` masks them wherever they would appear, should a library ever quote one.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ SENSITIVE_PARAMS = frozenset(
 )
 # A URL inside free text (an error message): scheme://… up to whitespace or a closing quote.
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+# Secret values this process holds (register_secret). Shorter ones are not masked: they would
+# mask ordinary words, and no real credential is that short.
+_SECRETS: set[str] = set()
+_MIN_SECRET_LENGTH = 4
 
 
 def _redact_query(query: str) -> str:
@@ -64,9 +70,20 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
 
 
+def register_secret(value: str) -> None:
+    """From now on `redact_text` masks `value` (a credential this process read)."""
+    value = value.strip()
+    if len(value) >= _MIN_SECRET_LENGTH:
+        _SECRETS.add(value)
+
+
 def redact_text(text: str) -> str:
-    """Every URL inside `text` redacted (for messages that may quote a URL, e.g. a library's error)."""
-    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
+    """Every URL inside `text` redacted and every registered secret masked (for messages that may
+    quote a URL or a header, e.g. a library's error)."""
+    text = _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
+    for secret in sorted(_SECRETS, key=len, reverse=True):  # longest first: one may contain another
+        text = text.replace(secret, MASK)
+    return text
 
 
 class RedactingFilter(logging.Filter):

@@ -1,30 +1,19 @@
-"""The per-app runtime state (no module globals) and the generation path shared by both APIs."""
+"""The per-app runtime state (no module globals): the model, admission, the drain; and the closing stream."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from slm_runtime.backends.base import (
-    Backend,
-    BackendError,
-    ContextLengthExceededError,
-    DoneEvent,
-    ErrorEvent,
-    GenerationJob,
-    GenerationStats,
-    SamplingOptions,
-)
+from slm_runtime.backends.base import Backend, ModelDetails
 from slm_runtime.errors import ApiError
 from slm_runtime.metrics import RuntimeMetrics
 from slm_runtime.scheduler import QueueFullError, Scheduler, Ticket
@@ -79,17 +68,10 @@ class Runtime:
         if name not in aliases and f"{name}:latest" not in aliases:
             raise ApiError(404, f"model '{name}' not found", param="model", code="model_not_found")
 
-    async def start(self, prompt_tokens: list[int], options: SamplingOptions) -> Ticket:
-        """Checks a generation request and takes its slot or queue place, before any response starts."""
-        backend = self.require_backend()
-        try:
-            # Off the event loop: checking compiles the request's JSON-schema grammar, which can be slow.
-            await asyncio.to_thread(backend.validate, prompt_tokens, options)
-        except ContextLengthExceededError as exc:
-            raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from exc
-        except BackendError as exc:
-            raise ApiError(400, str(exc)) from exc
-        return self.admit()
+    @property
+    def details(self) -> ModelDetails:
+        """What the loaded model is (503 while it loads)."""
+        return self.require_backend().details
 
     def admit(self) -> Ticket:
         self.require_backend()
@@ -148,113 +130,11 @@ class ClosingStreamingResponse(StreamingResponse):
                 self._ticket.release()
 
 
-async def _wait_disconnect(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
 def runtime_of(request: Request) -> Runtime:
     """The app's Runtime (create_app puts it on app.state), for the routes."""
     runtime: Runtime = request.app.state.runtime
     return runtime
 
 
-async def generate(
-    runtime: Runtime, request: Request, ticket: Ticket, prompt_tokens: list[int], options: SamplingOptions
-) -> AsyncGenerator[str | GenerationStats, None]:
-    """Text pieces, then the final GenerationStats. Stops the backend when the client goes away.
-
-    The ticket was admitted before the response started (so a full queue is a clean 503); it is
-    released here whatever happens.
-    """
-    backend = runtime.require_backend()
-    metrics, model = runtime.metrics, runtime.model_name
-    disconnect = asyncio.create_task(_wait_disconnect(request))
-    job: GenerationJob | None = None
-    finished = False
-    runtime.enter()
-    try:
-        waiter = asyncio.ensure_future(ticket.wait())
-        await asyncio.wait({waiter, disconnect}, return_when=asyncio.FIRST_COMPLETED)
-        if not waiter.done():
-            waiter.cancel()
-            return
-        waiter.result()
-        metrics.queue_time.labels(model).observe(ticket.queue_seconds)
-        job = GenerationJob(
-            prompt_tokens, options, asyncio.get_running_loop(), arrived_at_ns=time.perf_counter_ns()
-        )
-        try:
-            backend.submit(job)
-        except ContextLengthExceededError as exc:
-            raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from exc
-        except BackendError as exc:
-            raise ApiError(400, str(exc)) from exc
-        last_token_at = 0.0
-        while True:
-            getter = asyncio.ensure_future(job.next_event())
-            await asyncio.wait({getter, disconnect}, return_when=asyncio.FIRST_COMPLETED)
-            if not getter.done():
-                getter.cancel()
-                log.info("client disconnected; generation stopped")
-                return
-            event = getter.result()
-            if isinstance(event, ErrorEvent):
-                finished = True
-                raise ApiError(500, event.message)
-            if isinstance(event, DoneEvent):
-                finished = True
-                stats = event.stats
-                metrics.prompt_tokens.labels(model).inc(stats.prompt_tokens)
-                metrics.generation_tokens.labels(model).inc(stats.completion_tokens)
-                metrics.prefix_cache_queries.labels(model).inc(stats.prompt_tokens)
-                metrics.prefix_cache_hits.labels(model).inc(stats.cached_tokens)
-                metrics.e2e_latency.labels(model).observe(time.perf_counter() - ticket.arrived_at)
-                metrics.request_success.labels(model, stats.done_reason).inc()
-                stats.queued_ns += int(ticket.queue_seconds * 1e9)
-                stats.total_ns += int(ticket.queue_seconds * 1e9)
-                yield stats
-                return
-            now = time.perf_counter()
-            if last_token_at:
-                metrics.inter_token_latency.labels(model).observe(now - last_token_at)
-            else:
-                metrics.time_to_first_token.labels(model).observe(now - ticket.arrived_at)
-            last_token_at = now
-            yield event.text
-    finally:
-        if job is not None and not finished:
-            job.cancelled.set()
-        disconnect.cancel()
-        ticket.release()
-        runtime.leave()
-
-
-async def collect(stream: AsyncIterator[str | GenerationStats]) -> tuple[str, GenerationStats]:
-    """A whole (non-streamed) answer."""
-    pieces: list[str] = []
-    stats: GenerationStats | None = None
-    async for item in stream:
-        if isinstance(item, GenerationStats):
-            stats = item
-        else:
-            pieces.append(item)
-    if stats is None:  # client went away; nobody will read this
-        raise ApiError(499, "client disconnected")
-    return "".join(pieces), stats
-
-
 def now_rfc3339() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
-
-
-def chat_messages(
-    runtime: Runtime, messages: list[dict[str, Any]], system_override: str | None = None
-) -> list[dict[str, Any]]:
-    """Messages with the configured system prompt in front unless the request brings its own."""
-    system = system_override if system_override is not None else runtime.settings.system_prompt
-    if system and not any(m.get("role") == "system" for m in messages):
-        return [{"role": "system", "content": system}, *messages]
-    return messages

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "SLM_"
@@ -180,6 +180,18 @@ class ServeSettings(_SlmSettings):
         return max(1, len(os.sched_getaffinity(0)))
 
 
+class HeaderFile(BaseModel):
+    """A request header for the source whose value is a file's content (a mounted Secret key)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    header: str = Field(description="Header name, e.g. Authorization.")
+    file: Path = Field(description="File holding the value (one line; one trailing newline is dropped).")
+    prefix: str = Field(default="", description='Sent before the value, e.g. "Bearer ".')
+    secret: str = Field(default="", description="The Secret the file comes from, named in errors.")
+    key: str = Field(default="", description="The Secret's key the file comes from, named in errors.")
+
+
 class FetchSettings(_SlmSettings):
     """Settings of `slm_runtime fetch`."""
 
@@ -194,6 +206,12 @@ class FetchSettings(_SlmSettings):
         json_schema_extra={"env_aliases": ["HF_TOKEN"]},
     )
     hf_endpoint: str = Field(default="https://huggingface.co", description="Hugging Face endpoint.")
+    headers_from: list[HeaderFile] = Field(
+        default_factory=list,
+        description='JSON list of request headers read from files, e.g. [{"header": "Authorization", "prefix": '
+        '"Bearer ", "file": "/var/run/secrets/token", "secret": "registry", "key": "token"}]: sent to the '
+        "source's host (for hf://, the endpoint's) only, never after a redirect to another host.",
+    )
     retries: int = Field(default=5, ge=0, description="Retries after a failed or cut transfer.")
     timeout_seconds: float = Field(default=30.0, gt=0, description="Connect and read timeout.")
     backoff_seconds: float = Field(default=1.0, ge=0, description="First retry delay; doubles each retry.")
@@ -205,6 +223,20 @@ class FetchSettings(_SlmSettings):
     )
 
     _hf_token_fallback: ClassVar[str] = "HF_TOKEN"
+
+    @field_validator("headers_from", mode="before")
+    @classmethod
+    def _parse_headers_from(cls, value: Any) -> Any:
+        if isinstance(value, str):  # from the flag (the environment variable is decoded already)
+            if not value.strip():
+                return []
+            try:
+                return json.loads(value)
+            except ValueError as exc:
+                raise ValueError(
+                    f'headers_from must be a JSON list of {{"header", "file", "prefix"?}} objects ({exc})'
+                ) from exc
+        return value
 
     @model_validator(mode="after")
     def _token_fallback(self) -> FetchSettings:

@@ -22,7 +22,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from slm_runtime.fetch import _SPACE_MARGIN, FetchError, fetch, run
+from slm_runtime.fetch import FetchError, fetch, run
+from slm_runtime.fetch.space import SPACE_MARGIN as _SPACE_MARGIN
 from slm_runtime.integrity import RESULT_FILE
 from slm_runtime.settings import FetchSettings
 
@@ -114,15 +115,17 @@ class _QuietServer(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def _serving(handler: type[BaseHTTPRequestHandler], **shared: object) -> Iterator[str]:
+def _serving(
+    handler: type[BaseHTTPRequestHandler], bind: str = "127.0.0.1", **shared: object
+) -> Iterator[str]:
     """A loopback HTTP server whose handler sees ``shared`` as attributes of its server; yields its URL."""
-    server = _QuietServer(("127.0.0.1", 0), handler)
+    server = _QuietServer((bind, 0), handler)
     for name, value in shared.items():
         setattr(server, name, value)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://{bind}:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
@@ -270,7 +273,7 @@ def test_disk_space_is_checked_first(
     class _Usage:
         free = 1024
 
-    monkeypatch.setattr("slm_runtime.fetch.shutil.disk_usage", lambda path: _Usage())
+    monkeypatch.setattr("slm_runtime.fetch.space.shutil.disk_usage", lambda path: _Usage())
     with pytest.raises(FetchError, match="not enough disk space"):
         fetch(_settings(tmp_path, url + "/model.bin"))
     assert not (tmp_path / "model.bin").exists()
@@ -607,7 +610,7 @@ def test_read_only_cache_volume(
 def test_a_permission_error_outside_the_cache_stays_a_plain_error(tmp_path: Path) -> None:
     import errno
 
-    from slm_runtime.fetch import _as_cache_error
+    from slm_runtime.fetch.errors import as_cache_error as _as_cache_error
 
     dest = tmp_path / "models" / "m"
     source = OSError(errno.EACCES, "Permission denied", "/mnt/pvc/seed/model.gguf")
@@ -982,7 +985,7 @@ def test_a_folder_retry_needs_space_only_for_what_is_left(
     requests.clear()
     left = len(data) - 150_000 + len(files["cpu/int4/tokenizer.json"])
     # Room for what is left (and the margin), far from room for the whole folder.
-    monkeypatch.setattr("slm_runtime.fetch._free_bytes", lambda path: _SPACE_MARGIN + left + 100)
+    monkeypatch.setattr("slm_runtime.fetch.space._free_bytes", lambda path: _SPACE_MARGIN + left + 100)
 
     record = fetch(_settings(tmp_path, "hf://org/genai/cpu/int4", hf_endpoint=url))
     assert record["verified"] is True
@@ -1141,3 +1144,287 @@ def test_credentials_in_the_source_are_redacted_everywhere(
     # Cached again under the same (redacted) source: a rotated presigned signature still finds it.
     if outcome == "Ready":
         assert fetch(_settings(tmp_path / "cache", source)) == record
+
+
+# --- credentials from Secret files: to the source's own host, never to a redirect target ----------
+
+TOKEN = "t0ken-from-the-registry-secret"
+API_KEY = "k3y-from-another-secret"
+CREDENTIAL_HEADERS = ("Authorization", "X-Api-Key")
+PRESIGNED = "X-Amz-Signature=presigned"
+
+
+@dataclass
+class Guarded:
+    cdn: str = ""  # where the origin redirects downloads, as Hugging Face does to its CDN
+    seen: list[tuple[str, str, dict[str, str | None]]] = field(
+        default_factory=list
+    )  # (server, path, headers)
+
+
+class _GuardedHandler(BaseHTTPRequestHandler):
+    """The origin wants both credentials and redirects downloads to the CDN, which refuses any credential."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        state: Guarded = self.server.state  # type: ignore[attr-defined]
+        role: str = self.server.role  # type: ignore[attr-defined]
+        asked = {h: self.headers.get(h) for h in CREDENTIAL_HEADERS}
+        state.seen.append((role, self.path, asked))
+        path = urlsplit(self.path).path
+        if role == "cdn":
+            if any(asked.values()):
+                self._send(400, b"a credential reached the CDN")
+            elif path == "/blob":
+                self._send(200, PAYLOAD)
+            else:
+                self._send(403, b"signature expired")
+            return
+        if asked != {"Authorization": f"Bearer {TOKEN}", "X-Api-Key": API_KEY}:
+            self._send(401, b"unauthorized")
+        elif path == "/api/models/org/repo/tree/main":
+            entry = {"type": "file", "path": "model.gguf", "size": len(PAYLOAD), "lfs": {"oid": DIGEST}}
+            self._send(200, json.dumps([entry]).encode(), {"Content-Type": "application/json"})
+        elif path in ("/model.gguf", "/org/repo/resolve/main/model.gguf"):
+            self._send(
+                302, headers={"Location": f"{state.cdn}/blob?{PRESIGNED}", "X-Linked-Etag": f'"{DIGEST}"'}
+            )
+        elif path == "/expired.gguf":
+            self._send(302, headers={"Location": f"{state.cdn}/expired?{PRESIGNED}"})
+        else:
+            self._send(404)
+
+
+@pytest.fixture(params=["cdn on another host", "cdn on another port"])
+def guarded(request: pytest.FixtureRequest) -> Iterator[tuple[str, Guarded]]:
+    """(the origin's URL, the shared state); the CDN is 127.0.0.2, or 127.0.0.1 on another port."""
+    state = Guarded()
+    cdn_bind = "127.0.0.2" if request.param == "cdn on another host" else "127.0.0.1"
+    with (
+        _serving(_GuardedHandler, state=state, role="origin") as origin_url,
+        _serving(_GuardedHandler, bind=cdn_bind, state=state, role="cdn") as cdn_url,
+    ):
+        state.cdn = cdn_url
+        yield origin_url, state
+
+
+def _header_files(
+    tmp_path: Path, token: bytes = TOKEN.encode() + b"\n", api_key: bytes = API_KEY.encode()
+) -> list[dict[str, str]]:
+    """The two Secret keys as the fetch Job mounts them (the token as `kubectl create secret --from-file` keeps it)."""
+    files = {("registry", "token"): token, ("other", "api-key"): api_key}
+    for (secret, key), content in files.items():
+        (tmp_path / "secrets" / secret).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "secrets" / secret / key).write_bytes(content)
+    return [
+        {
+            "header": "Authorization",
+            "prefix": "Bearer ",
+            "file": str(tmp_path / "secrets" / "registry" / "token"),
+            "secret": "registry",
+            "key": "token",
+        },
+        {
+            "header": "X-Api-Key",
+            "file": str(tmp_path / "secrets" / "other" / "api-key"),
+            "secret": "other",
+            "key": "api-key",
+        },
+    ]
+
+
+@pytest.mark.parametrize("kind", ["https file", "hf file", "hf folder"])
+def test_credentials_reach_the_source_host_and_never_the_redirect_target(
+    guarded: tuple[str, Guarded],
+    tmp_path: Path,
+    kind: str,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    url, state = guarded
+    source = {
+        "https file": f"{url}/model.gguf",
+        "hf file": "hf://org/repo/model.gguf",
+        "hf folder": "hf://org/repo",
+    }
+    caplog.set_level(logging.DEBUG)
+    log = tmp_path / "termination-log"
+    log.touch()
+    settings = _settings(
+        tmp_path / "cache",
+        source[kind],
+        hf_endpoint=url,
+        headers_from=_header_files(tmp_path),
+        termination_log=log,
+    )
+    assert run(settings, io.StringIO()) == 0
+    record = json.loads((tmp_path / "cache" / RESULT_FILE).read_text())
+    file_record = record["files"][0] if kind == "hf folder" else record  # a folder's sha256 is its manifest's
+    assert (record["phase"], file_record["sha256"], record["verified"]) == ("Ready", DIGEST, True)
+    assert (tmp_path / "cache" / "model.gguf").read_bytes() == PAYLOAD
+    at_origin = [headers for role, _, headers in state.seen if role == "origin"]
+    at_cdn = [headers for role, _, headers in state.seen if role == "cdn"]
+    # The trailing newline of the token file is dropped; both headers reach the origin.
+    assert at_origin and all(
+        h == {"Authorization": f"Bearer {TOKEN}", "X-Api-Key": API_KEY} for h in at_origin
+    )
+    assert at_cdn and all(h == {"Authorization": None, "X-Api-Key": None} for h in at_cdn)
+    captured = capfd.readouterr()
+    everything = "\n".join([json.dumps(record), log.read_text(), captured.out, captured.err])
+    everything += "\n".join(r.getMessage() for r in caplog.records)
+    assert TOKEN not in everything and API_KEY not in everything
+
+
+def test_the_headers_from_flag_takes_the_json_list(guarded: tuple[str, Guarded], tmp_path: Path) -> None:
+    url, state = guarded
+    process = _cli(
+        tmp_path / "cache", f"{url}/model.gguf", "--headers-from", json.dumps(_header_files(tmp_path))
+    )
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert json.loads(stdout)["sha256"] == DIGEST
+    assert [role for role, _, _ in state.seen] == ["origin", "cdn"]
+
+
+def test_a_refused_credential_ends_in_a_failed_record_naming_the_secret(
+    guarded: tuple[str, Guarded], tmp_path: Path
+) -> None:
+    url, state = guarded
+    wrong = "an-expired-t0ken"
+    headers = _header_files(tmp_path, token=wrong.encode())
+    last, record, message = _failed_cli(
+        tmp_path, f"{url}/model.gguf", env={"SLM_HEADERS_FROM": json.dumps(headers)}
+    )
+    token_file = tmp_path / "secrets" / "registry" / "token"
+    assert message == (
+        f"SourceUnauthorized: HTTP 401 fetching {url}/model.gguf with the Authorization header from Secret "
+        f"registry, key token (file {token_file}); the X-Api-Key header from Secret other, key api-key (file "
+        f"{tmp_path / 'secrets' / 'other' / 'api-key'}): check that the Secret holds a valid, unexpired "
+        "credential for 127.0.0.1 that grants access to this file, in the header and prefix the server expects"
+    )
+    assert last == message
+    assert record["error"] == message
+    assert [role for role, _, _ in state.seen] == ["origin"]  # a 401 is not retried
+
+
+def test_a_refusal_after_a_redirect_says_the_credentials_stayed_with_the_source(
+    guarded: tuple[str, Guarded], tmp_path: Path
+) -> None:
+    url, state = guarded
+    headers = _header_files(tmp_path)
+    _, _, message = _failed_cli(
+        tmp_path, f"{url}/expired.gguf", env={"SLM_HEADERS_FROM": json.dumps(headers)}
+    )
+    cdn_host = urlsplit(state.cdn).hostname
+    assert message.startswith(
+        f"SourceUnauthorized: HTTP 403 fetching {url}/expired.gguf: refused by {cdn_host}, "
+    )
+    assert "credentials go to 127.0.0.1 only, never to a redirect target" in message
+    assert [headers for role, _, headers in state.seen if role == "cdn"] == [
+        {"Authorization": None, "X-Api-Key": None}
+    ]
+
+
+def test_a_401_without_credentials_says_how_to_give_them(
+    guarded: tuple[str, Guarded], tmp_path: Path
+) -> None:
+    url, _ = guarded
+    _, _, message = _failed_cli(tmp_path, f"{url}/model.gguf")
+    assert message == (
+        f"SourceUnauthorized: HTTP 401 fetching {url}/model.gguf (the source needs credentials: "
+        "spec.model.headersFrom sends request headers from a Secret)"
+    )
+
+
+def _with(entries: list[dict[str, str]], index: int, **changes: str) -> list[dict[str, str]]:
+    return [{**entry, **changes} if i == index else entry for i, entry in enumerate(entries)]
+
+
+@pytest.mark.parametrize(
+    ("broken", "expected"),
+    [
+        (
+            "a line break inside",
+            "Secret registry, key token (file {token_file}) holds a line break inside the value of header "
+            "Authorization: a header value is one line",
+        ),
+        ("a CRLF inside", "holds a line break inside the value of header Authorization"),
+        ("a NUL byte", "holds control or non-ASCII characters in the value of header Authorization"),
+        ("non-ASCII", "holds control or non-ASCII characters in the value of header Authorization"),
+        (
+            "empty",
+            "Secret registry, key token (file {token_file}) is empty: header Authorization needs a value",
+        ),
+        ("missing", "cannot read header Authorization from Secret registry, key token (file {token_file}): "),
+        ("Range", "header Range (for Secret other, key api-key"),
+        ("a space in the name", "header name 'X Api Key' (for Secret other, key api-key"),
+        ("twice", "header authorization is given twice (from Secret registry, key token"),
+    ],
+)
+def test_unusable_credentials_fail_before_any_request(
+    guarded: tuple[str, Guarded], tmp_path: Path, broken: str, expected: str
+) -> None:
+    url, state = guarded
+    token = {
+        "a line break inside": f"{TOKEN[:5]}\n{TOKEN[5:]}\n",
+        "a CRLF inside": f"{TOKEN[:5]}\r\n{TOKEN[5:]}",
+        "a NUL byte": f"{TOKEN}\0",
+        "non-ASCII": f"{TOKEN}\u00e9",
+        "empty": "\n",
+    }.get(broken, TOKEN)
+    headers = _header_files(tmp_path, token=token.encode())
+    token_file = tmp_path / "secrets" / "registry" / "token"
+    if broken == "missing":
+        token_file.unlink()
+    elif broken == "Range":
+        headers = _with(headers, 1, header="Range")
+    elif broken == "a space in the name":
+        headers = _with(headers, 1, header="X Api Key")
+    elif broken == "twice":
+        headers = _with(headers, 1, header="authorization")
+    log = tmp_path / "termination-log"
+    log.touch()
+    settings = _settings(tmp_path / "cache", f"{url}/model.gguf", headers_from=headers, termination_log=log)
+    assert run(settings, io.StringIO()) == 1
+    record = json.loads((tmp_path / "cache" / RESULT_FILE).read_text())
+    assert record["phase"] == "Failed"
+    assert expected.format(token_file=token_file) in record["error"], record["error"]
+    assert TOKEN[5:] not in record["error"]
+    assert log.read_text() == record["error"]
+    assert state.seen == []
+
+
+@pytest.mark.parametrize("scheme", ["file", "pvc"])
+def test_volume_sources_take_no_headers(tmp_path: Path, scheme: str) -> None:
+    model = tmp_path / "mnt" / "claim" / "m.gguf"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(PAYLOAD)
+    source = model.as_uri() if scheme == "file" else "pvc://claim/m.gguf"
+    settings = _settings(
+        tmp_path / "cache", source, pvc_root=tmp_path / "mnt", headers_from=_header_files(tmp_path)
+    )
+    with pytest.raises(FetchError, match=rf"^{scheme}:// sources take no request headers"):
+        fetch(settings)
+
+
+def test_registered_secrets_are_masked_in_text() -> None:
+    from slm_runtime.redact import redact_text, register_secret
+
+    register_secret("a-secret-header-value\n")
+    register_secret("abc")  # too short to mask without masking ordinary words
+    assert redact_text("refused 'Bearer a-secret-header-value' at https://h/x?token=t") == (
+        "refused 'Bearer ***' at https://h/x?token=***"
+    )
+    assert redact_text("abc") == "abc"

@@ -228,8 +228,6 @@ def _chat(**extra: object) -> dict[str, object]:
             "response_format",
         ),
         ("/v1/chat/completions", _chat(n=2), "n"),
-        ("/v1/chat/completions", _chat(logprobs=True), "logprobs"),
-        ("/v1/chat/completions", _chat(top_logprobs=3), "top_logprobs"),
         ("/v1/chat/completions", _chat(tool_choice="required"), "tool_choice"),
         (
             "/v1/chat/completions",
@@ -237,7 +235,6 @@ def _chat(**extra: object) -> dict[str, object]:
             "tool_choice",
         ),
         ("/v1/chat/completions", _chat(logit_bias={"5": 10}), "logit_bias"),
-        ("/v1/completions", {"model": MODEL, "prompt": "x", "logprobs": 2}, "logprobs"),
         ("/v1/completions", {"model": MODEL, "prompt": "x", "n": 3}, "n"),
         ("/v1/completions", {"model": MODEL, "prompt": "x", "best_of": 2}, "best_of"),
         ("/v1/completions", {"model": MODEL, "prompt": "x", "suffix": "tail"}, "suffix"),

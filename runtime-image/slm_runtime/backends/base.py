@@ -13,7 +13,14 @@ DoneReason = Literal["stop", "length", "cancelled"]
 
 
 class BackendError(Exception):
-    """A request the backend cannot serve; the message is safe to show to the client."""
+    """A request the backend cannot serve; the message is safe to show to the client.
+
+    `param` names the request field at fault, when one is.
+    """
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class ContextLengthExceededError(BackendError):
@@ -58,6 +65,10 @@ class SamplingOptions:
     json_schema: dict[str, Any] | None = None
     grammar: str | None = None  # GBNF with root rule `root` (a forced tool call); wins over the JSON fields
     special_tokens: bool = False  # show special tokens' text (tool-call markers are often special tokens)
+    # Not sampling but what is reported of it: each generated token's log probability, and this
+    # many most likely alternatives at its position (0 to 20).
+    logprobs: bool = False
+    top_logprobs: int = 0
 
 
 @dataclass
@@ -73,9 +84,33 @@ class GenerationStats:
     cached_tokens: int = 0  # prompt tokens reused from the KV cache instead of recomputed
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token and its log probability (natural log, so <= 0) under the model at one position."""
+
+    token: str  # the token's text; "bytes:\\xe4\\xb8" when its bytes are not whole UTF-8
+    logprob: float
+    bytes: tuple[int, ...]  # the token's exact UTF-8 bytes (a character may span tokens)
+
+
+@dataclass(frozen=True)
+class PositionLogprobs:
+    """One generated token and the most likely tokens at its position, most likely first."""
+
+    chosen: TokenLogprob
+    top: tuple[TokenLogprob, ...] = ()
+
+
 @dataclass
 class TokenEvent:
+    """Text as it is released, with the log probabilities of the tokens that produced it (when asked).
+
+    Text held back (a possible stop string, an incomplete UTF-8 character) releases its tokens'
+    entries later, with the text; tokens cut off by a stop string have none.
+    """
+
     text: str
+    logprobs: tuple[PositionLogprobs, ...] = ()
 
 
 @dataclass
@@ -118,8 +153,8 @@ class GenerationJob:
         except RuntimeError:  # the loop is closed: nobody is listening any more
             self.cancelled.set()
 
-    def emit_token(self, text: str) -> None:
-        self._put(TokenEvent(text))
+    def emit_token(self, text: str, logprobs: Sequence[PositionLogprobs] = ()) -> None:
+        self._put(TokenEvent(text, tuple(logprobs)))
 
     def emit_done(self, stats: GenerationStats) -> None:
         self._put(DoneEvent(stats))

@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,14 @@ from slm_runtime.backends.base import (
     GenerationJob,
     GenerationStats,
     ModelDetails,
+    PositionLogprobs,
     SamplingOptions,
     StopMatcher,
     check_prompt,
     format_parameter_count,
 )
 from slm_runtime.backends.grammars import GrammarCache
+from slm_runtime.backends.logprobs import LogprobQueue, log_softmax, position_logprobs
 from slm_runtime.gguf_header import FILE_TYPE_NAMES
 from slm_runtime.settings import ServeSettings
 
@@ -92,6 +95,7 @@ class _Sequence:
     generated: list[int] = field(default_factory=list)
     first_token_ns: int = 0
     batch_index: int = -1  # where this sequence's logits are in the current batch
+    logprobs: LogprobQueue | None = None  # only when the request asks for log probabilities
 
 
 class LlamaCppBackend:
@@ -311,6 +315,7 @@ class LlamaCppBackend:
                 n_past=keep,
                 cached=prompt[:keep],
                 reused=keep,
+                logprobs=LogprobQueue() if job.options.logprobs else None,
             )
 
     def _finish(self, running: dict[int, _Sequence], seq: _Sequence, reason: str) -> None:
@@ -325,12 +330,15 @@ class LlamaCppBackend:
         if reason in ("cancelled", "error"):
             return
         tail = ""
+        entries: list[PositionLogprobs] = []
         if reason != "stop_string":  # after a stop string nothing more is said
             tail, hit_stop = seq.stop.feed(seq.decoder.decode(b"", final=True))
             if not hit_stop:
                 tail += seq.stop.flush()
-        if tail:
-            seq.job.emit_token(tail)
+            if seq.logprobs is not None:
+                entries = seq.logprobs.release(len(tail), stopped=True) if hit_stop else seq.logprobs.flush()
+        if tail or entries:
+            seq.job.emit_token(tail, entries)
         now = time.perf_counter_ns()
         first = seq.first_token_ns or now
         seq.job.emit_done(
@@ -421,6 +429,8 @@ class LlamaCppBackend:
             if seq.job.cancelled.is_set():
                 self._finish(running, seq, "cancelled")
                 continue
+            # Read before sampling, which must not be able to change what is reported.
+            distribution = self._log_softmax(seq) if seq.logprobs is not None else None
             token = seq.sampler.sample(ctx, seq.batch_index)
             if not seq.first_token_ns:
                 seq.first_token_ns = time.perf_counter_ns()
@@ -428,10 +438,18 @@ class LlamaCppBackend:
                 self._finish(running, seq, "stop")
                 continue
             seq.generated.append(token)
-            piece = self._piece(token, special=seq.job.options.special_tokens)
-            text, hit_stop = seq.stop.feed(seq.decoder.decode(piece))
-            if text:
-                seq.job.emit_token(text)
+            special = seq.job.options.special_tokens
+            piece = self._piece(token, special=special)
+            decoded = seq.decoder.decode(piece)
+            text, hit_stop = seq.stop.feed(decoded)
+            entries: list[PositionLogprobs] = []
+            if seq.logprobs is not None and distribution is not None:
+                top = seq.job.options.top_logprobs
+                entry = position_logprobs(distribution, token, top, partial(self._piece, special=special))
+                seq.logprobs.add(entry, len(decoded))
+                entries = seq.logprobs.release(len(text), stopped=hit_stop)
+            if text or entries:
+                seq.job.emit_token(text, entries)
             if hit_stop:
                 self._finish(running, seq, "stop_string")
             elif len(seq.generated) >= seq.max_tokens:
@@ -439,6 +457,11 @@ class LlamaCppBackend:
             else:
                 seq.next_token = token
         return True
+
+    def _log_softmax(self, seq: _Sequence) -> np.ndarray:
+        """The log-softmax of the raw logits at the sequence's position in this step's batch."""
+        pointer = llama_cpp.llama_get_logits_ith(self._ctx.ctx, seq.batch_index)
+        return log_softmax(np.ctypeslib.as_array(pointer, shape=(self.details.vocab_size,)))
 
     def _decode_failed(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -24,11 +25,13 @@ from slm_runtime.backends.base import (
     GenerationJob,
     GenerationStats,
     ModelDetails,
+    PositionLogprobs,
     SamplingOptions,
     StopMatcher,
     check_prompt,
     format_parameter_count,
 )
+from slm_runtime.backends.logprobs import LogprobQueue, log_softmax, position_logprobs
 from slm_runtime.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,8 @@ class OnnxBackend:
         self._chat_template = settings.chat_template
         self._og: Any = None
         self._session: ort.InferenceSession | None = None
+        # Each token's bytes, read from tokenizer.json when log probabilities are first asked for.
+        self._token_bytes: dict[int, bytes] | None = None
         size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
         if self._generative:
             import onnxruntime_genai as og  # imported here: embedding-only images may lack it
@@ -184,6 +189,19 @@ class OnnxBackend:
             context_length=self._context_length,
             vocab_size=self.details.vocab_size,
         )
+        if options.logprobs and self._token_bytes is None:
+            # onnxruntime-genai decodes only to text, which loses the bytes of partial characters.
+            tokenizer = self._folder / "tokenizer.json"
+            if not tokenizer.is_file():
+                raise BackendError(
+                    "logprobs: this ONNX model has no tokenizer.json to read its tokens' bytes from; "
+                    "leave logprobs out",
+                    param="logprobs",
+                )
+            self._token_bytes = token_bytes_table(json.loads(tokenizer.read_text(encoding="utf-8")))
+
+    def _piece(self, token: int) -> bytes:
+        return (self._token_bytes or {}).get(token, b"")
 
     def submit(self, job: GenerationJob) -> None:
         self.validate(job.prompt_tokens, job.options)
@@ -212,6 +230,8 @@ class OnnxBackend:
                 generator.append_tokens(np.asarray(job.prompt_tokens, dtype=np.int32))
             stream = self._tokenizer.create_stream()
             stop = StopMatcher(options.stop)
+            logprobs = LogprobQueue() if options.logprobs else None
+            distribution = None
             generated: list[int] = []
             first_ns = 0
             reason = "length"
@@ -221,6 +241,10 @@ class OnnxBackend:
                 with self._step_lock:  # interleave the steps of concurrent requests fairly
                     if generator.is_done():
                         break
+                    if logprobs is not None:
+                        # The generator computes a position's raw logits ahead (after the prompt, then
+                        # after each token): these are the ones the next token is sampled from.
+                        distribution = log_softmax(generator.get_logits())
                     generator.generate_next_token()
                     token = int(generator.get_next_tokens()[0])
                 if not first_ns:
@@ -229,9 +253,15 @@ class OnnxBackend:
                     reason = "stop"
                     break
                 generated.append(token)
-                text, hit = stop.feed(stream.decode(token))
-                if text:
-                    job.emit_token(text)
+                decoded = stream.decode(token)
+                text, hit = stop.feed(decoded)
+                entries: list[PositionLogprobs] = []
+                if logprobs is not None and distribution is not None:
+                    entry = position_logprobs(distribution, token, options.top_logprobs, self._piece)
+                    logprobs.add(entry, len(decoded))
+                    entries = logprobs.release(len(text), stopped=hit)
+                if text or entries:
+                    job.emit_token(text, entries)
                 if hit:
                     reason = "stop_string"
                     break
@@ -239,8 +269,9 @@ class OnnxBackend:
                     break
             if reason != "stop_string":  # text held back for a possible stop string is due
                 tail = stop.flush()
-                if tail:
-                    job.emit_token(tail)
+                rest = logprobs.flush() if logprobs is not None else []
+                if tail or rest:
+                    job.emit_token(tail, rest)
             now = time.perf_counter_ns()
             first_ns = first_ns or now
             job.emit_done(
@@ -294,6 +325,41 @@ class OnnxBackend:
     def close(self) -> None:
         self._model = None
         self._session = None
+
+
+_BYTE_TOKEN = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+
+
+def _byte_level_chars() -> dict[str, int]:
+    """Byte-level BPE vocabularies (GPT-2, Qwen, Llama 3) write each byte as a printable character."""
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    chars = {b: chr(b) for b in printable}
+    for extra, b in enumerate(b for b in range(256) if b not in chars):
+        chars[b] = chr(256 + extra)
+    return {c: b for b, c in chars.items()}
+
+
+def token_bytes_table(tokenizer: dict[str, Any]) -> dict[int, bytes]:
+    """Each token id's exact bytes, from a parsed tokenizer.json: byte-level vocabularies mapped back
+    to bytes, SentencePiece pieces with their space marker and <0xXX> byte tokens, added tokens as text."""
+    model = tokenizer.get("model") or {}
+    vocab = model.get("vocab") or {}
+    if isinstance(vocab, list):  # Unigram models list [piece, score] pairs in id order
+        vocab = {entry[0]: i for i, entry in enumerate(vocab)}
+    byte_level = '"ByteLevel"' in json.dumps(tokenizer.get("decoder") or {})
+    unbyte = _byte_level_chars()
+    table: dict[int, bytes] = {}
+    for piece, token in vocab.items():
+        match = _BYTE_TOKEN.match(piece)
+        if match:
+            table[int(token)] = bytes([int(match.group(1), 16)])
+        elif byte_level and all(c in unbyte for c in piece):
+            table[int(token)] = bytes(unbyte[c] for c in piece)
+        else:
+            table[int(token)] = piece.replace("\u2581", " ").encode("utf-8")
+    for added in tokenizer.get("added_tokens") or []:
+        table[int(added["id"])] = str(added["content"]).encode("utf-8")
+    return table
 
 
 def _model_file(folder: Path) -> Path:

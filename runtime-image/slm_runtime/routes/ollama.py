@@ -1,49 +1,32 @@
-"""The Ollama API: field names, NDJSON streaming and nanosecond statistics as Ollama has them.
-
-Past 400 lines because each of generate, chat, embed and the model routes still walks the request
-path itself (render, tokenize, start, stream); one shared `complete()` path for both APIs is the
-redesign's step (issue 10), after which this module keeps only Ollama's shapes.
+"""The Ollama API's generating and embedding routes: field names, NDJSON streaming and nanosecond
+statistics as Ollama has them. Requests become a CompletionRequest; `complete()` (completion.py)
+does the generating, this module only Ollama's shapes. The model routes are in ollama_models.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import PlainTextResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-from slm_runtime.backends.base import (
-    BackendError,
-    ContextLengthExceededError,
-    GenerationStats,
-    SamplingOptions,
-)
+from slm_runtime.backends.base import GenerationStats, PositionLogprobs, SamplingOptions, TokenEvent
+from slm_runtime.completion import CompletionRequest, Finished, ToolRequest, complete
+from slm_runtime.embedding import embed_texts
 from slm_runtime.errors import ApiError
 from slm_runtime.options import merge_ollama_options, ollama_format, sampling_from_ollama
-from slm_runtime.runtime import (
-    ClosingStreamingResponse,
-    Runtime,
-    chat_messages,
-    collect,
-    generate,
-    now_rfc3339,
-    runtime_of,
-)
+from slm_runtime.routes.logprobs import checked_request, ollama_logprobs, with_logprobs
+from slm_runtime.routes.ollama_models import add_model_routes
+from slm_runtime.runtime import ClosingStreamingResponse, Runtime, now_rfc3339, runtime_of
 from slm_runtime.scheduler import Ticket
-from slm_runtime.tool_calls import ToolCall, ToolCallStream, parse_tool_calls, template_messages
-from slm_runtime.tool_use import ToolPlan, plan_tools
+from slm_runtime.tool_calls import ToolCall
 
-OLLAMA_COMPAT_VERSION = "0.12.0"
-# An expiry far away, as Ollama reports models kept loaded forever (keep_alive < 0).
-_NEVER = "2318-11-30T00:00:00Z"
 _DURATION = re.compile(r"^(-?\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)?$")
 
 
@@ -65,6 +48,8 @@ class GenerateRequest(_Request):
     raw: bool = False
     keep_alive: str | float | None = None
     context: list[int] | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = None
 
 
 class Message(_Request):
@@ -87,6 +72,8 @@ class ChatRequest(_Request):
     options: dict[str, Any] | None = None
     stream: bool = True
     keep_alive: str | float | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = None
 
 
 class EmbedRequest(_Request):
@@ -103,12 +90,6 @@ class EmbeddingsRequest(_Request):
     prompt: str = ""
     options: dict[str, Any] | None = None
     keep_alive: str | float | None = None
-
-
-class ShowRequest(_Request):
-    model: str = ""
-    name: str = ""  # older clients send name
-    verbose: bool = False
 
 
 def parse_keep_alive(value: str | float | None) -> float | None:
@@ -137,49 +118,6 @@ def _stats_fields(stats: GenerationStats) -> dict[str, Any]:
     }
 
 
-def _model_digest(runtime: Runtime) -> str:
-    """The fetch Job's recorded sha256 when there is one; otherwise a digest of the file's identity."""
-    settings = runtime.settings
-    record = settings.model.parent / ".slm-fetch.json"
-    if record.is_file():
-        try:
-            data = json.loads(record.read_text())
-            if isinstance(data, dict) and data.get("sha256"):
-                return str(data["sha256"])
-        except (OSError, ValueError):
-            pass
-    stat = settings.model.stat()
-    return hashlib.sha256(f"{settings.model}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
-
-
-def _details(runtime: Runtime) -> dict[str, Any]:
-    d = runtime.require_backend().details
-    return {
-        "parent_model": "",
-        "format": d.format,
-        "family": d.family,
-        "families": [d.family],
-        "parameter_size": d.parameter_size,
-        "quantization_level": d.quantization_level,
-    }
-
-
-def _modified_at(runtime: Runtime) -> str:
-    mtime = runtime.settings.model.stat().st_mtime
-    return datetime.fromtimestamp(mtime, UTC).isoformat().replace("+00:00", "Z")
-
-
-async def _chunks(
-    stream: AsyncGenerator[str | GenerationStats, None],
-    partial: Callable[[str], dict[str, Any]],
-    final: Callable[[GenerationStats, str], dict[str, Any]],
-) -> AsyncGenerator[dict[str, Any], None]:
-    """NDJSON objects of a generation: one per piece of text, then the final statistics."""
-    async with aclosing(stream):
-        async for item in stream:
-            yield final(item, "") if isinstance(item, GenerationStats) else partial(item)
-
-
 def _ndjson(items: AsyncGenerator[dict[str, Any], None], ticket: Ticket) -> ClosingStreamingResponse:
     async def lines() -> AsyncIterator[bytes]:
         try:
@@ -200,36 +138,24 @@ def _check_unsupported(runtime: Runtime, images: list[str] | None, think: bool |
 
 
 def _sampling(
-    runtime: Runtime, options: dict[str, Any] | None, response_format: str | dict[str, Any] | None
+    runtime: Runtime,
+    options: dict[str, Any] | None,
+    response_format: str | dict[str, Any] | None,
+    logprobs: tuple[bool, int],
 ) -> SamplingOptions:
     json_mode, schema = ollama_format(response_format)
-    return sampling_from_ollama(
+    sampling = sampling_from_ollama(
         merge_ollama_options(runtime.settings.default_parameters, options),
-        context_length=runtime.require_backend().details.context_length,
+        context_length=runtime.details.context_length,
         json_mode=json_mode,
         json_schema=schema,
     )
+    return with_logprobs(sampling, *logprobs)
 
 
-def _checked_context(vocab_size: int, context: list[int] | None) -> list[int]:
-    """`context` comes back from the client; an id outside the vocabulary would fail the decode."""
-    tokens = list(context or [])
-    if vocab_size:
-        for token in tokens:
-            if not 0 <= token < vocab_size:
-                raise ApiError(
-                    400,
-                    f"context holds token id {token}, outside the model's vocabulary (0 to {vocab_size - 1})",
-                    param="context",
-                )
-    return tokens
-
-
-def _tokenize(runtime: Runtime, text: str) -> list[int]:
-    try:
-        return runtime.require_backend().tokenize(text, add_special=True)
-    except BackendError as exc:
-        raise ApiError(400, str(exc)) from exc
+def _checked_logprobs(logprobs: bool | None, top_logprobs: int | None) -> tuple[bool, int]:
+    # Ollama itself ignores top_logprobs when logprobs is off; here that is a 400, not a silent drop.
+    return checked_request(logprobs, top_logprobs, enabled_by="logprobs: true")
 
 
 def _ollama_calls(calls: list[ToolCall] | None) -> dict[str, Any]:
@@ -239,108 +165,38 @@ def _ollama_calls(calls: list[ToolCall] | None) -> dict[str, Any]:
     return {"tool_calls": [{"function": {"name": c.name, "arguments": c.arguments}} for c in calls]}
 
 
+ChatReply = Callable[[str, list[ToolCall] | None, list[PositionLogprobs]], dict[str, Any]]
+
+
 async def _chat_chunks(
-    stream: AsyncGenerator[str | GenerationStats, None],
-    plan: ToolPlan,
-    reply: Callable[[str, list[ToolCall] | None], dict[str, Any]],
+    events: AsyncGenerator[TokenEvent | Finished, None], reply: ChatReply
 ) -> AsyncGenerator[dict[str, Any], None]:
-    """Chat chunks: text as it comes (held back where it may open a tool call), the calls in a chunk
-    of their own, then the final statistics (as Ollama sends them)."""
-    calls_stream = ToolCallStream(plan.dialect) if plan.dialect is not None else None
-    async with aclosing(stream):
-        async for item in stream:
-            if not isinstance(item, GenerationStats):
-                text = calls_stream.feed(item) if calls_stream is not None else item
-                if text:
-                    yield reply(text, None)
+    """Chat chunks: text as it comes, the calls in a chunk of their own, then the final statistics
+    (as Ollama sends them). Log probabilities ride on the chunk that carries their tokens' text, or
+    the next one for text that became a tool call."""
+    async with aclosing(events):
+        async for event in events:
+            if isinstance(event, TokenEvent):
+                yield reply(event.text, None, list(event.logprobs))
                 continue
-            if calls_stream is not None:
-                rest, calls = calls_stream.finish()
-                if rest or calls:
-                    yield reply(rest, calls)
-            yield {**reply("", None), "done": True, **_stats_fields(item)}
+            pending = list(event.logprobs)
+            if event.text or event.calls:
+                yield reply(event.text, event.calls, pending)
+                pending = []
+            yield {**reply("", None, pending), "done": True, **_stats_fields(event.stats)}
 
 
 def build_router() -> APIRouter:
     router = APIRouter()
-
-    @router.api_route("/api/version", methods=["GET", "HEAD"])
-    async def version() -> dict[str, str]:
-        return {"version": OLLAMA_COMPAT_VERSION}
-
-    @router.api_route("/api/tags", methods=["GET", "HEAD"])
-    async def tags(request: Request) -> dict[str, Any]:
-        runtime = runtime_of(request)
-        if runtime.backend is None:
-            return {"models": []}
-        return {
-            "models": [
-                {
-                    "name": runtime.model_name,
-                    "model": runtime.model_name,
-                    "modified_at": _modified_at(runtime),
-                    "size": runtime.backend.details.size_bytes,
-                    "digest": _model_digest(runtime),
-                    "details": _details(runtime),
-                }
-            ]
-        }
-
-    @router.get("/api/ps")
-    async def ps(request: Request) -> dict[str, Any]:
-        runtime = runtime_of(request)
-        if runtime.backend is None:
-            return {"models": []}
-        details = runtime.backend.details
-        return {
-            "models": [
-                {
-                    "name": runtime.model_name,
-                    "model": runtime.model_name,
-                    "size": details.size_bytes,
-                    "digest": _model_digest(runtime),
-                    "details": _details(runtime),
-                    "expires_at": _NEVER,
-                    "size_vram": details.size_bytes if details.device != "cpu" else 0,
-                    "context_length": details.context_length,
-                }
-            ]
-        }
-
-    @router.post("/api/show")
-    async def show(request: Request, body: ShowRequest) -> dict[str, Any]:
-        runtime = runtime_of(request)
-        runtime.check_model(body.model or body.name)
-        details = runtime.require_backend().details
-        settings = runtime.settings
-        parameters = "\n".join(
-            f"{name} {json.dumps(v) if isinstance(v, str) else v}"
-            for name, value in settings.default_parameters.items()
-            for v in (value if isinstance(value, list) else [value])
-        )
-        modelfile = [f"# Modelfile served by slm-runtime for {runtime.model_name}", f"FROM {settings.model}"]
-        if details.chat_template:
-            modelfile.append(f'TEMPLATE """{details.chat_template}"""')
-        if settings.system_prompt:
-            modelfile.append(f'SYSTEM """{settings.system_prompt}"""')
-        modelfile.extend(f"PARAMETER {line}" for line in parameters.splitlines())
-        return {
-            "modelfile": "\n".join(modelfile) + "\n",
-            "parameters": parameters,
-            "template": details.chat_template,
-            "system": settings.system_prompt,
-            "details": _details(runtime),
-            "model_info": details.model_info,
-            "capabilities": list(details.capabilities),
-            "modified_at": _modified_at(runtime),
-        }
+    add_model_routes(router)
 
     @router.post("/api/generate", response_model=None)
     async def generate_route(request: Request, body: GenerateRequest) -> Response | dict[str, Any]:
         runtime = runtime_of(request)
         runtime.check_model(body.model)
+        logprob_request = _checked_logprobs(body.logprobs, body.top_logprobs)
         keep_alive = parse_keep_alive(body.keep_alive)
-        backend = runtime.require_backend()
+        runtime.require_backend()
         if not body.prompt and not body.context:
             # Ollama: an empty prompt loads (or with keep_alive 0 unloads) the model.
             reason = "unload" if keep_alive == 0 else "load"
@@ -352,46 +208,59 @@ def build_router() -> APIRouter:
                 "done_reason": reason,
             }
         _check_unsupported(runtime, body.images, body.think)
-        options = _sampling(runtime, body.options, body.format)
+        options = _sampling(runtime, body.options, body.format, logprob_request)
+        context = body.context or ()
         if body.raw:
-            text = body.prompt
+            completion = CompletionRequest(options, prompt=body.prompt, context=context)
         else:
-            messages = chat_messages(runtime, [{"role": "user", "content": body.prompt}], body.system)
-            try:
-                text = backend.render_chat(messages, None)
-            except BackendError as exc:
-                raise ApiError(400, str(exc)) from exc
-        context = _checked_context(backend.details.vocab_size, body.context)
-        prompt_tokens = context + _tokenize(runtime, text)
-        ticket = await runtime.start(prompt_tokens, options)
-        stream = generate(runtime, request, ticket, prompt_tokens, options)
+            user = [{"role": "user", "content": body.prompt}]
+            completion = CompletionRequest(options, messages=user, system=body.system, context=context)
+        stream = await complete(runtime, completion, request)
         model = runtime.model_name
 
-        def final(stats: GenerationStats, response: str) -> dict[str, Any]:
+        def final(
+            stats: GenerationStats, response: str, logprobs: list[PositionLogprobs] | None = None
+        ) -> dict[str, Any]:
             return {
                 "model": model,
                 "created_at": now_rfc3339(),
                 "response": response,
                 "done": True,
                 **_stats_fields(stats),
-                "context": prompt_tokens + stats.output_tokens,
+                "context": stream.prompt_tokens + stats.output_tokens,
+                **ollama_logprobs(logprobs or []),
             }
 
         if not body.stream:
-            text_out, stats = await collect(stream)
-            return final(stats, text_out)
+            answer = await stream.collect()
+            return final(answer.stats, answer.text, answer.logprobs)
 
-        def partial(text: str) -> dict[str, Any]:
-            return {"model": model, "created_at": now_rfc3339(), "response": text, "done": False}
+        def partial(event: TokenEvent) -> dict[str, Any]:
+            return {
+                "model": model,
+                "created_at": now_rfc3339(),
+                "response": event.text,
+                "done": False,
+                **ollama_logprobs(event.logprobs),
+            }
 
-        return _ndjson(_chunks(stream, partial, final), ticket)
+        async def chunks() -> AsyncGenerator[dict[str, Any], None]:
+            async with aclosing(stream.events()) as events:
+                async for event in events:
+                    if isinstance(event, Finished):
+                        yield final(event.stats, "", list(event.logprobs))
+                    else:
+                        yield partial(event)
+
+        return _ndjson(chunks(), stream.ticket)
 
     @router.post("/api/chat", response_model=None)
     async def chat(request: Request, body: ChatRequest) -> Response | dict[str, Any]:
         runtime = runtime_of(request)
         runtime.check_model(body.model)
+        logprob_request = _checked_logprobs(body.logprobs, body.top_logprobs)
         keep_alive = parse_keep_alive(body.keep_alive)
-        backend = runtime.require_backend()
+        runtime.require_backend()
         model = runtime.model_name
         if not body.messages:
             reason = "unload" if keep_alive == 0 else "load"
@@ -405,41 +274,30 @@ def build_router() -> APIRouter:
         for message in body.messages:
             _check_unsupported(runtime, message.images, None)
         _check_unsupported(runtime, None, body.think)
-        plan = plan_tools(
-            body.tools,
-            body.tool_choice,
-            None,
-            setting=runtime.settings.tool_call_format,
-            details=backend.details,
-            options=_sampling(runtime, body.options, body.format),
+        completion = CompletionRequest(
+            _sampling(runtime, body.options, body.format, logprob_request),
+            messages=[m.model_dump(exclude_none=True) for m in body.messages],
+            tools=ToolRequest(body.tools, body.tool_choice),
         )
-        messages = chat_messages(
-            runtime, template_messages([m.model_dump(exclude_none=True) for m in body.messages])
-        )
-        try:
-            text = backend.render_chat(messages, plan.tools)
-        except BackendError as exc:
-            raise ApiError(400, str(exc)) from exc
-        prompt_tokens = _tokenize(runtime, text)
-        ticket = await runtime.start(prompt_tokens, plan.options)
-        stream = generate(runtime, request, ticket, prompt_tokens, plan.options)
+        stream = await complete(runtime, completion, request)
 
-        def reply(content: str, calls: list[ToolCall] | None = None) -> dict[str, Any]:
+        def reply(
+            content: str, calls: list[ToolCall] | None = None, logprobs: list[PositionLogprobs] | None = None
+        ) -> dict[str, Any]:
             return {
                 "model": model,
                 "created_at": now_rfc3339(),
                 "message": {"role": "assistant", "content": content, **_ollama_calls(calls)},
                 "done": False,
+                **ollama_logprobs(logprobs or []),
             }
 
         if not body.stream:
-            text_out, stats = await collect(stream)
-            parsed = parse_tool_calls(text_out, plan.dialect)
-            return {**reply(parsed.content, parsed.calls), "done": True, **_stats_fields(stats)}
+            answer = await stream.collect()
+            done = {"done": True, **_stats_fields(answer.stats)}
+            return {**reply(answer.content, answer.calls, answer.logprobs), **done}
 
-        return _ndjson(_chat_chunks(stream, plan, reply), ticket)
-
-    _model_management(router)
+        return _ndjson(_chat_chunks(stream.events(), reply), stream.ticket)
 
     @router.post("/api/embed")
     async def embed(request: Request, body: EmbedRequest) -> dict[str, Any]:
@@ -475,57 +333,7 @@ def build_router() -> APIRouter:
     return router
 
 
-# Models come from the SLMDeployment; a client pulling or deleting one here would diverge from it.
-MANAGED_BY_CLUSTER = (
-    "models are managed by the cluster: change the SLMDeployment's spec.model (kubectl edit slm NAME) instead"
-)
-_MANAGEMENT_ROUTES = {
-    "/api/pull": "POST",
-    "/api/push": "POST",
-    "/api/create": "POST",
-    "/api/copy": "POST",
-    "/api/delete": "DELETE",
-    "/api/blobs/{digest}": "POST",
-}
-
-
-def _model_management(router: APIRouter) -> None:
-    """Ollama's model-management routes answer 501 Not Implemented with the way to do it instead.
-
-    501, not 405: the method is right and there is no other method to list in Allow; this server
-    does not do model management at all. Not 403: no credential would make it work.
-    """
-
-    async def refuse() -> None:
-        raise ApiError(501, MANAGED_BY_CLUSTER)
-
-    for path, method in _MANAGEMENT_ROUTES.items():
-        router.add_api_route(path, refuse, methods=[method, "HEAD"] if "blobs" in path else [method])
-
-
 def _truncate_dimensions(vector: list[float], dimensions: int) -> list[float]:
     cut = vector[:dimensions]
     norm = sum(x * x for x in cut) ** 0.5
     return [x / norm for x in cut] if norm > 0 else cut
-
-
-async def embed_texts(runtime: Runtime, texts: list[str], *, truncate: bool) -> tuple[list[list[float]], int]:
-    backend = runtime.require_backend()
-    if "embedding" not in backend.details.capabilities:
-        raise ApiError(400, f"model '{runtime.model_name}' does not support embeddings")
-    try:
-        async with runtime.slot():
-            vectors, tokens = await asyncio.to_thread(backend.embed, texts, truncate=truncate)
-    except ContextLengthExceededError as exc:
-        raise ApiError(400, str(exc), param="input", code="context_length_exceeded") from exc
-    except BackendError as exc:
-        raise ApiError(400, str(exc), param="input") from exc
-    runtime.metrics.embedding_inputs.labels(runtime.model_name).inc(len(texts))
-    runtime.metrics.prompt_tokens.labels(runtime.model_name).inc(tokens)
-    return vectors, tokens
-
-
-def root_route(router: APIRouter) -> None:
-    @router.api_route("/", methods=["GET", "HEAD"])
-    async def root() -> PlainTextResponse:
-        return PlainTextResponse("Ollama is running")

@@ -1,4 +1,8 @@
-"""The OpenAI API: chat and text completions (SSE streaming ending in `data: [DONE]`), embeddings, models."""
+"""The OpenAI API: chat and text completions (SSE streaming ending in `data: [DONE]`), embeddings, models.
+
+Requests become a CompletionRequest; `complete()` (completion.py) does the generating, this module
+only OpenAI's shapes.
+"""
 
 from __future__ import annotations
 
@@ -13,23 +17,24 @@ from typing import Any, Literal
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-from slm_runtime.backends.base import BackendError, GenerationStats
+from slm_runtime.backends.base import GenerationStats, PositionLogprobs, TokenEvent
+from slm_runtime.completion import CompletionRequest, Finished, ToolRequest, complete
+from slm_runtime.embedding import embed_texts
 from slm_runtime.errors import ApiError, error_body
 from slm_runtime.options import sampling_from_openai
-from slm_runtime.routes.ollama import embed_texts
-from slm_runtime.runtime import (
-    ClosingStreamingResponse,
-    Runtime,
-    chat_messages,
-    collect,
-    generate,
-    runtime_of,
+from slm_runtime.routes.logprobs import (
+    LegacyLogprobs,
+    chat_logprobs,
+    checked_legacy_request,
+    checked_request,
+    with_logprobs,
 )
+from slm_runtime.runtime import ClosingStreamingResponse, runtime_of
 from slm_runtime.scheduler import Ticket
-from slm_runtime.tool_calls import ToolCall, ToolCallStream, parse_tool_calls, template_messages
-from slm_runtime.tool_use import ToolPlan, call_id, limit_calls, plan_tools
+from slm_runtime.tool_calls import ToolCall
+from slm_runtime.tool_use import call_id
 
 
 class _Request(BaseModel):
@@ -58,15 +63,18 @@ class ChatCompletionRequest(_Request):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = None
 
 
-class CompletionRequest(_Request):
+class LegacyCompletionRequest(_Request):
     model: str
     prompt: str | list[str]
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int | None = None
     echo: bool = False
+    logprobs: StrictInt | None = None  # the legacy API's: how many alternatives per token (0 to 5)
 
 
 class EmbeddingRequest(BaseModel):
@@ -75,21 +83,6 @@ class EmbeddingRequest(BaseModel):
     input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
-
-
-async def start_chat(
-    runtime: Runtime, request: Request, messages: list[dict[str, Any]], plan: ToolPlan, *, param: str
-) -> tuple[Ticket, AsyncGenerator[str | GenerationStats, None]]:
-    """Render the conversation (tools included), take a slot and start generating: the path that
-    chat completions and the Responses API share. A template that refuses the input is a 400 on ``param``."""
-    backend = runtime.require_backend()
-    try:
-        text = backend.render_chat(chat_messages(runtime, template_messages(messages)), plan.tools)
-        prompt_tokens = backend.tokenize(text, add_special=True)
-    except BackendError as exc:
-        raise ApiError(400, str(exc), param=param) from exc
-    ticket = await runtime.start(prompt_tokens, plan.options)
-    return ticket, generate(runtime, request, ticket, prompt_tokens, plan.options)
 
 
 def _usage(stats: GenerationStats) -> dict[str, Any]:
@@ -115,20 +108,14 @@ def _text_content(content: str | list[dict[str, Any]] | None) -> str:
 def _refuse_unsupported(raw: dict[str, Any], *, chat: bool) -> None:
     """Fields that would change the answer but are not implemented are refused by name, not dropped.
 
-    Their neutral values (n 1, logprobs false, null) pass, as clients send them.
+    Their neutral values (n 1, null) pass, as clients send them.
     """
     refusals: list[tuple[str, bool, str]] = [
         ("n", raw.get("n") not in (None, 1), "only one choice per request is supported"),
         ("logit_bias", bool(raw.get("logit_bias")), "token biases are not supported"),
     ]
-    if chat:
+    if not chat:
         refusals += [
-            ("logprobs", raw.get("logprobs") not in (None, False), "log probabilities are not supported"),
-            ("top_logprobs", raw.get("top_logprobs") not in (None, 0), "log probabilities are not supported"),
-        ]
-    else:
-        refusals += [
-            ("logprobs", raw.get("logprobs") is not None, "log probabilities are not supported"),
             ("best_of", raw.get("best_of") not in (None, 1), "only one candidate per request is supported"),
             ("suffix", bool(raw.get("suffix")), "completing between a prompt and a suffix is not supported"),
         ]
@@ -162,36 +149,46 @@ def _openai_call(call: ToolCall, id_: str, index: int | None = None) -> dict[str
     return entry
 
 
+ChatChunk = Callable[[dict[str, Any], str | None, list[PositionLogprobs] | None], dict[str, Any]]
+
+
 async def _chat_events(
-    stream: AsyncGenerator[str | GenerationStats, None],
-    plan: ToolPlan,
-    chunk: Callable[[dict[str, Any], str | None], dict[str, Any]],
+    events: AsyncGenerator[TokenEvent | Finished, None],
+    chunk: ChatChunk,
     include_usage: bool,
+    logprobs: bool,
 ) -> AsyncGenerator[dict[str, Any], None]:
     """Chat chunks: text as it comes (held back where it may open a tool call), then the calls, one
-    chunk each with the whole arguments, then the finish reason and the usage."""
-    calls_stream = ToolCallStream(plan.dialect) if plan.dialect is not None else None
-    yield chunk({"role": "assistant", "content": ""}, None)
-    async with aclosing(stream):
-        async for item in stream:
-            if not isinstance(item, GenerationStats):
-                text = calls_stream.feed(item) if calls_stream is not None else item
-                if text:
-                    yield chunk({"content": text}, None)
+    chunk each with the whole arguments, then the finish reason and the usage.
+
+    With logprobs, each token's entry rides on the first chunk that carries its text (or, for text
+    that became a tool call, the next chunk): every generated token is reported once, in order.
+    """
+    pending: list[PositionLogprobs] = []
+
+    def take(*, always: bool) -> list[PositionLogprobs] | None:
+        nonlocal pending
+        if not logprobs or not (pending or always):
+            return None
+        taken, pending = pending, []
+        return taken
+
+    yield chunk({"role": "assistant", "content": ""}, None, None)
+    async with aclosing(events):
+        async for event in events:
+            pending.extend(event.logprobs)
+            if isinstance(event, TokenEvent):
+                yield chunk({"content": event.text}, None, take(always=True))
                 continue
-            calls: list[ToolCall] = []
-            if calls_stream is not None:
-                rest, calls = calls_stream.finish()
-                calls = limit_calls(calls, plan)
-                if rest:
-                    yield chunk({"content": rest}, None)
-            for index, call in enumerate(calls):
-                yield chunk({"tool_calls": [_openai_call(call, call_id(), index)]}, None)
-            yield chunk({}, "tool_calls" if calls else item.done_reason)
+            if event.text:
+                yield chunk({"content": event.text}, None, take(always=True))
+            for index, call in enumerate(event.calls):
+                yield chunk({"tool_calls": [_openai_call(call, call_id(), index)]}, None, take(always=False))
+            yield chunk({}, "tool_calls" if event.calls else event.stats.done_reason, take(always=False))
             if include_usage:
-                usage_event = chunk({}, None)
+                usage_event = chunk({}, None, None)
                 usage_event["choices"] = []
-                usage_event["usage"] = _usage(item)
+                usage_event["usage"] = _usage(event.stats)
                 yield usage_event
 
 
@@ -216,20 +213,16 @@ def build_router() -> APIRouter:
     async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response | dict[str, Any]:
         runtime = runtime_of(request)
         runtime.check_model(body.model)
-        backend = runtime.require_backend()
+        runtime.require_backend()  # loading: 503 before anything else is checked
         raw = body.model_dump()
         _refuse_unsupported(raw, chat=True)
+        logprobs, top_logprobs = checked_request(
+            body.logprobs, body.top_logprobs, enabled_by="logprobs: true"
+        )
         options = sampling_from_openai(
-            runtime.settings.default_parameters, raw, context_length=backend.details.context_length
+            runtime.settings.default_parameters, raw, context_length=runtime.details.context_length
         )
-        plan = plan_tools(
-            body.tools,
-            body.tool_choice,
-            body.parallel_tool_calls,
-            setting=runtime.settings.tool_call_format,
-            details=backend.details,
-            options=options,
-        )
+        options = with_logprobs(options, logprobs, top_logprobs)
         messages = []
         for m in body.messages:
             entry: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role}
@@ -241,19 +234,20 @@ def build_router() -> APIRouter:
             if m.name and m.role == "tool":
                 entry["name"] = m.name
             messages.append(entry)
-        ticket, stream = await start_chat(runtime, request, messages, plan, param="messages")
+        tools = ToolRequest(body.tools, body.tool_choice, body.parallel_tool_calls)
+        completion = CompletionRequest(options, messages=messages, tools=tools, prompt_field="messages")
+        stream = await complete(runtime, completion, request)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         model_name = runtime.model_name
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
         if not body.stream:
-            output, stats = await collect(stream)
-            parsed = parse_tool_calls(output, plan.dialect)
-            calls = limit_calls(parsed.calls, plan)
-            message: dict[str, Any] = {"role": "assistant", "content": parsed.content}
+            answer = await stream.collect()
+            stats, calls = answer.stats, answer.calls
+            message: dict[str, Any] = {"role": "assistant", "content": answer.content}
             if calls:
-                message["content"] = parsed.content or None
+                message["content"] = answer.content or None
                 message["tool_calls"] = [_openai_call(call, call_id()) for call in calls]
             return {
                 "id": completion_id,
@@ -265,33 +259,37 @@ def build_router() -> APIRouter:
                     {
                         "index": 0,
                         "message": message,
-                        "logprobs": None,
+                        # Every generated token, tool-call text included (the calls are parsed out of it).
+                        "logprobs": chat_logprobs(answer.logprobs) if logprobs else None,
                         "finish_reason": "tool_calls" if calls else stats.done_reason,
                     }
                 ],
                 "usage": _usage(stats),
             }
 
-        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        def chunk(
+            delta: dict[str, Any], finish: str | None, entries: list[PositionLogprobs] | None
+        ) -> dict[str, Any]:
+            shaped = chat_logprobs(entries) if entries is not None else None
             event: dict[str, Any] = {
                 "id": completion_id,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model_name,
                 "system_fingerprint": "slm-runtime",
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                "choices": [{"index": 0, "delta": delta, "logprobs": shaped, "finish_reason": finish}],
             }
             if include_usage:
                 event["usage"] = None
             return event
 
-        return _sse(_chat_events(stream, plan, chunk, include_usage), ticket)
+        return _sse(_chat_events(stream.events(), chunk, include_usage, logprobs), stream.ticket)
 
     @router.post("/completions", response_model=None)
-    async def completions(request: Request, body: CompletionRequest) -> Response | dict[str, Any]:
+    async def completions(request: Request, body: LegacyCompletionRequest) -> Response | dict[str, Any]:
         runtime = runtime_of(request)
         runtime.check_model(body.model)
-        backend = runtime.require_backend()
+        runtime.require_backend()
         if isinstance(body.prompt, list):
             if len(body.prompt) != 1:
                 raise ApiError(400, "exactly one prompt per request is supported", param="prompt")
@@ -300,41 +298,48 @@ def build_router() -> APIRouter:
             prompt = body.prompt
         raw = body.model_dump()
         _refuse_unsupported(raw, chat=False)
+        logprobs, top_logprobs = checked_legacy_request(body.logprobs, body.echo)
         options = sampling_from_openai(
-            runtime.settings.default_parameters, raw, context_length=backend.details.context_length
+            runtime.settings.default_parameters, raw, context_length=runtime.details.context_length
         )
-        try:
-            prompt_tokens = backend.tokenize(prompt, add_special=True)
-        except BackendError as exc:
-            raise ApiError(400, str(exc), param="prompt") from exc
-        ticket = await runtime.start(prompt_tokens, options)
-        stream = generate(runtime, request, ticket, prompt_tokens, options)
+        options = with_logprobs(options, logprobs, top_logprobs)
+        completion = CompletionRequest(options, prompt=prompt, prompt_field="prompt")
+        stream = await complete(runtime, completion, request)
         completion_id = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         model_name = runtime.model_name
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         prefix = prompt if body.echo else ""
+        legacy = LegacyLogprobs(prompt)
 
         if not body.stream:
-            text, stats = await collect(stream)
+            answer = await stream.collect()
+            shaped = legacy.render(answer.logprobs) if logprobs else None
+            choice = {
+                "index": 0,
+                "text": prefix + answer.text,
+                "logprobs": shaped,
+                "finish_reason": answer.stats.done_reason,
+            }
             return {
                 "id": completion_id,
                 "object": "text_completion",
                 "created": created,
                 "model": model_name,
-                "choices": [
-                    {"index": 0, "text": prefix + text, "logprobs": None, "finish_reason": stats.done_reason}
-                ],
-                "usage": _usage(stats),
+                "choices": [choice],
+                "usage": _usage(answer.stats),
             }
 
-        def chunk(text: str, finish: str | None) -> dict[str, Any]:
+        def chunk(
+            text: str, finish: str | None, entries: tuple[PositionLogprobs, ...] | None = None
+        ) -> dict[str, Any]:
+            shaped = legacy.render(entries) if entries is not None else None
             event: dict[str, Any] = {
                 "id": completion_id,
                 "object": "text_completion",
                 "created": created,
                 "model": model_name,
-                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+                "choices": [{"index": 0, "text": text, "logprobs": shaped, "finish_reason": finish}],
             }
             if include_usage:
                 event["usage"] = None
@@ -343,19 +348,21 @@ def build_router() -> APIRouter:
         async def events() -> AsyncGenerator[dict[str, Any], None]:
             if prefix:
                 yield chunk(prefix, None)
-            async with aclosing(stream):
-                async for item in stream:
-                    if isinstance(item, GenerationStats):
-                        yield chunk("", item.done_reason)
-                        if include_usage:
-                            usage_event = chunk("", None)
-                            usage_event["choices"] = []
-                            usage_event["usage"] = _usage(item)
-                            yield usage_event
-                    else:
-                        yield chunk(item, None)
+            async with aclosing(stream.events()) as stream_events:
+                async for event in stream_events:
+                    if isinstance(event, TokenEvent):
+                        yield chunk(event.text, None, event.logprobs if logprobs else None)
+                        continue
+                    # Entries of trailing tokens without text of their own end on the finishing chunk.
+                    rest = event.logprobs if logprobs and event.logprobs else None
+                    yield chunk("", event.stats.done_reason, rest)
+                    if include_usage:
+                        usage_event = chunk("", None)
+                        usage_event["choices"] = []
+                        usage_event["usage"] = _usage(event.stats)
+                        yield usage_event
 
-        return _sse(events(), ticket)
+        return _sse(events(), stream.ticket)
 
     @router.post("/embeddings")
     async def embeddings(request: Request, body: EmbeddingRequest) -> dict[str, Any]:

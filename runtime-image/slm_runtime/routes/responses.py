@@ -3,6 +3,8 @@
 Input items become chat messages, function tools become chat tools, and the answer is the same
 generation (tool planning, forcing grammars, call parsing) that /v1/chat/completions runs.
 The server keeps no responses: `previous_response_id` and the other stateful fields are refused by name.
+Past 400 lines because input items, output items and the streamed event sequence are all this API's
+own shapes; they share nothing with chat completions but the generation path.
 """
 
 from __future__ import annotations
@@ -18,16 +20,17 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from slm_runtime.backends.base import GenerationStats, SamplingOptions
+from slm_runtime.backends.base import GenerationStats, PositionLogprobs, SamplingOptions, TokenEvent
+from slm_runtime.completion import CompletionRequest, Finished, ToolRequest, complete
 from slm_runtime.errors import ApiError
 from slm_runtime.options import sampling_from_openai
-from slm_runtime.routes.openai_api import start_chat
-from slm_runtime.runtime import ClosingStreamingResponse, collect, runtime_of
+from slm_runtime.routes.logprobs import checked_request, openai_entries, with_logprobs
+from slm_runtime.runtime import ClosingStreamingResponse, runtime_of
 from slm_runtime.scheduler import Ticket
-from slm_runtime.tool_calls import ToolCall, ToolCallStream, parse_tool_calls
-from slm_runtime.tool_use import ToolPlan, call_id, limit_calls, plan_tools
+from slm_runtime.tool_calls import ToolCall
+from slm_runtime.tool_use import call_id
 
 
 class ResponsesRequest(BaseModel):
@@ -53,25 +56,29 @@ class ResponsesRequest(BaseModel):
     prompt_cache_key: str | None = None
     service_tier: str | None = None
     stream_options: dict[str, Any] | None = None
+    # Log probabilities of the output text: the include item switches them on, top_logprobs adds alternatives.
+    include: list[str] | None = None
+    top_logprobs: StrictInt | None = None
     # Refused unless neutral (see _refuse): they need stored state or features this runtime lacks.
     # Others (conversation, prompt, max_tool_calls, ...) are unknown extras, refused by name too.
     previous_response_id: str | None = None
     background: bool | None = None
-    include: list[str] | None = None
     reasoning: dict[str, Any] | None = None
-    top_logprobs: int | None = None
     truncation: str | None = None
+
+
+OUTPUT_TEXT_LOGPROBS = "message.output_text.logprobs"
 
 
 def _refuse(body: ResponsesRequest) -> None:
     for name in body.model_extra or {}:
         raise ApiError(400, f"{name}: unknown or unsupported field", param=name)
+    others = [item for item in body.include or [] if item != OUTPUT_TEXT_LOGPROBS]
     refusals = [
         ("previous_response_id", body.previous_response_id is not None, "this server keeps no responses"),
         ("background", bool(body.background), "background responses are not supported"),
-        ("include", bool(body.include), "no extra output data is available"),
+        ("include", bool(others), f"{', '.join(others)}: not available (only {OUTPUT_TEXT_LOGPROBS} is)"),
         ("reasoning", bool(body.reasoning), "reasoning options are not supported"),
-        ("top_logprobs", bool(body.top_logprobs), "log probabilities are not supported"),
         ("truncation", body.truncation not in (None, "disabled"), "only truncation disabled is supported"),
     ]
     for name, refused, reason in refusals:
@@ -189,12 +196,15 @@ def _usage(stats: GenerationStats) -> dict[str, Any]:
     }
 
 
-def _text_part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def _text_part(text: str, logprobs: list[PositionLogprobs] | None = None) -> dict[str, Any]:
+    shaped = openai_entries(logprobs or [])
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": shaped}
 
 
-def _message_item(id_: str, text: str | None, status: str) -> dict[str, Any]:
-    content = [] if text is None else [_text_part(text)]
+def _message_item(
+    id_: str, text: str | None, status: str, logprobs: list[PositionLogprobs] | None = None
+) -> dict[str, Any]:
+    content = [] if text is None else [_text_part(text, logprobs)]
     return {"type": "message", "id": id_, "role": "assistant", "status": status, "content": content}
 
 
@@ -239,6 +249,7 @@ class _Shell:
             "reasoning": None,
             "store": False,  # nothing is kept (see ResponsesRequest.store)
             "temperature": self.options.temperature,
+            "top_logprobs": self.options.top_logprobs,
             "top_p": self.options.top_p,
             "text": body.text or {"format": {"type": "text"}},
             "tool_choice": body.tool_choice or "auto",
@@ -255,10 +266,14 @@ def _status(stats: GenerationStats) -> str:
 
 
 async def _events(
-    stream: AsyncGenerator[str | GenerationStats, None], plan: ToolPlan, shell: _Shell
+    stream: AsyncGenerator[TokenEvent | Finished, None], shell: _Shell
 ) -> AsyncGenerator[dict[str, Any], None]:
     """The Responses event sequence. The message item opens with the first text, so a forced call's
-    answer is function_call items only, as the non-streamed output is."""
+    answer is function_call items only, as the non-streamed output is.
+
+    Log probabilities ride on the text deltas of their tokens (without bytes, as this API's events
+    have them); those of text that became a call go with the last delta. An answer that is only
+    function calls has no output text to carry them."""
     counter = itertools.count()
 
     def event(kind: str, **fields: Any) -> dict[str, Any]:
@@ -266,10 +281,17 @@ async def _events(
 
     message_id = f"msg_{uuid.uuid4().hex}"
     at = {"item_id": message_id, "output_index": 0, "content_index": 0}
-    calls_stream = ToolCallStream(plan.dialect) if plan.dialect is not None else None
     pieces: list[str] = []
     opened = False
-    stats: GenerationStats | None = None
+    finished: Finished | None = None
+    pending: list[PositionLogprobs] = []  # not yet sent with a delta
+    sent: list[PositionLogprobs] = []
+
+    def delta(text: str) -> dict[str, Any]:
+        nonlocal pending
+        sent.extend(pending)
+        entries, pending = openai_entries(pending, with_bytes=False), []
+        return event("response.output_text.delta", **at, delta=text, logprobs=entries)
 
     def open_message() -> list[dict[str, Any]]:
         return [
@@ -285,33 +307,34 @@ async def _events(
     yield event("response.in_progress", response=shell.render([], None))
     async with aclosing(stream):
         async for item in stream:
-            if isinstance(item, GenerationStats):
-                stats = item
+            if isinstance(item, Finished):
+                finished = item
                 break
-            text = calls_stream.feed(item) if calls_stream is not None else item
-            if text:
-                if not opened:
-                    opened = True
-                    for opening in open_message():
-                        yield opening
-                pieces.append(text)
-                yield event("response.output_text.delta", **at, delta=text, logprobs=[])
-    if stats is None:  # the client went away
+            pending.extend(item.logprobs)
+            if not opened:
+                opened = True
+                for opening in open_message():
+                    yield opening
+            pieces.append(item.text)
+            yield delta(item.text)
+    if finished is None:  # the client went away
         return
-    rest, calls = calls_stream.finish() if calls_stream is not None else ("", [])
-    calls = limit_calls(calls, plan)
+    pending.extend(finished.logprobs)
+    rest, calls, stats = finished.text, finished.calls, finished.stats
     output: list[dict[str, Any]] = []
     if opened or rest or not calls:
         if not opened:
             for opening in open_message():
                 yield opening
-        if rest:
+        if rest or pending:
             pieces.append(rest)
-            yield event("response.output_text.delta", **at, delta=rest, logprobs=[])
+            yield delta(rest)
         text = "".join(pieces)
-        yield event("response.output_text.done", **at, text=text, logprobs=[])
-        yield event("response.content_part.done", **at, part=_text_part(text))
-        message = _message_item(message_id, text, _status(stats))
+        yield event(
+            "response.output_text.done", **at, text=text, logprobs=openai_entries(sent, with_bytes=False)
+        )
+        yield event("response.content_part.done", **at, part=_text_part(text, sent))
+        message = _message_item(message_id, text, _status(stats), sent)
         output.append(message)
         yield event("response.output_item.done", output_index=0, item=message)
     for call in calls:
@@ -361,8 +384,13 @@ def build_router() -> APIRouter:
     async def create_response(request: Request, body: ResponsesRequest) -> Response | dict[str, Any]:
         runtime = runtime_of(request)
         runtime.check_model(body.model)
-        backend = runtime.require_backend()
+        runtime.require_backend()
         _refuse(body)
+        logprobs, top_logprobs = checked_request(
+            OUTPUT_TEXT_LOGPROBS in (body.include or []),
+            body.top_logprobs,
+            enabled_by=f'include: ["{OUTPUT_TEXT_LOGPROBS}"]',
+        )
         messages = _input_messages(body.instructions, body.input)
         raw = {
             "temperature": body.temperature,
@@ -372,35 +400,31 @@ def build_router() -> APIRouter:
         }
         try:
             options = sampling_from_openai(
-                runtime.settings.default_parameters, raw, context_length=backend.details.context_length
+                runtime.settings.default_parameters, raw, context_length=runtime.details.context_length
             )
         except ApiError as exc:  # named after this API's field, not the chat one it was mapped onto
             exc.param = {"response_format": "text", "max_tokens": "max_output_tokens"}.get(
                 exc.param or "", exc.param
             )
             raise
-        plan = plan_tools(
-            _chat_tools(body.tools),
-            _chat_tool_choice(body.tool_choice),
-            body.parallel_tool_calls,
-            setting=runtime.settings.tool_call_format,
-            details=backend.details,
-            options=options,
+        options = with_logprobs(options, logprobs, top_logprobs)
+        tools = ToolRequest(
+            _chat_tools(body.tools), _chat_tool_choice(body.tool_choice), body.parallel_tool_calls
         )
-        ticket, stream = await start_chat(runtime, request, messages, plan, param="input")
-        shell = _Shell(f"resp_{uuid.uuid4().hex}", int(time.time()), runtime.model_name, body, plan.options)
+        completion = CompletionRequest(options, messages=messages, tools=tools, prompt_field="input")
+        stream = await complete(runtime, completion, request)
+        shell = _Shell(f"resp_{uuid.uuid4().hex}", int(time.time()), runtime.model_name, body, options)
 
         if body.stream:
-            return _sse(_events(stream, plan, shell), ticket)
-        answer, stats = await collect(stream)
-        parsed = parse_tool_calls(answer, plan.dialect)
-        calls = limit_calls(parsed.calls, plan)
+            return _sse(_events(stream.events(), shell), stream.ticket)
+        answer = await stream.collect()
+        status = _status(answer.stats)
         output = (
             []
-            if calls and not parsed.content
-            else [_message_item(f"msg_{uuid.uuid4().hex}", parsed.content, _status(stats))]
+            if answer.calls and not answer.content
+            else [_message_item(f"msg_{uuid.uuid4().hex}", answer.content, status, answer.logprobs)]
         )
-        output += [_call_item(call) for call in calls]
-        return shell.render(output, stats)
+        output += [_call_item(call) for call in answer.calls]
+        return shell.render(output, answer.stats)
 
     return router

@@ -130,7 +130,7 @@ def write_tiny_gguf(
     writer.close()
 
     if quantize is not None:
-        from slm_runtime.fetch import quantize_gguf
+        from slm_runtime.fetch.quantize import quantize_gguf
 
         try:
             quantize_gguf(f16_path, path, quantize.lower())
