@@ -58,6 +58,9 @@ class Message(_Request):
     images: list[str] | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_name: str | None = None
+    # Not Ollama's: clients that speak both APIs (LiteLLM) send OpenAI's id of the call a tool
+    # result answers; kept so the result is named after its call like on the OpenAI route.
+    tool_call_id: str | None = None
     thinking: str | None = None
 
 

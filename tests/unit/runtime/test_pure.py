@@ -139,3 +139,23 @@ def test_stop_lists_are_capped() -> None:
         with pytest.raises(ApiError) as caught:
             sampling_from_openai({}, {"stop": stop}, context_length=64)
         assert caught.value.param == "stop"
+
+
+def test_an_ollama_tool_result_keeps_the_id_of_the_call_it_answers() -> None:
+    """LiteLLM's ollama_chat sends `tool_call_id`: the result is then named after its call."""
+    from slm_runtime.routes.ollama import ChatRequest
+    from slm_runtime.tool_calls import template_messages
+
+    body = ChatRequest.model_validate(
+        {
+            "messages": [
+                {
+                    "role": "assistant",
+                    "tool_calls": [{"id": "call_1", "function": {"name": "get_weather", "arguments": {}}}],
+                },
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+            ]
+        }
+    )
+    messages = template_messages([m.model_dump(exclude_none=True) for m in body.messages])
+    assert messages[1]["name"] == "get_weather"
