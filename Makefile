@@ -41,8 +41,8 @@ format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-typecheck: install ## mypy --strict on both packages
-	$(BIN)/mypy operator/slm_operator runtime-image/slm_runtime
+typecheck: install ## mypy --strict on the operator, the runtime and the dev tools
+	$(BIN)/mypy operator/slm_operator runtime-image/slm_runtime hack/slm_dev
 
 importlint: install
 	$(BIN)/lint-imports
@@ -51,16 +51,18 @@ cluster-bins: ## build (once) or reuse the control-plane binaries; SLM_KUBE_BIN_
 	@bash hack/build-k8s-bins.sh >/dev/null
 
 images: install ## build (when their inputs changed) the runtime (cpu), operator and sandbox images with buildah into ~/.cache/slm-operator/images
-	@$(PY) hack/images.py build
+	@$(PY) -m slm_dev.images build
 
 cluster-up: install cluster-bins images ## start the local control plane; prints KUBECONFIG=... last
-	@$(PY) hack/localcluster.py up --state-dir "$(SLM_CLUSTER_DIR)"
+	@$(PY) -m slm_dev.cluster up --state-dir "$(SLM_CLUSTER_DIR)"
 
+# cluster-down and cluster-status need no virtual environment (`make clean` stops the cluster, then
+# removes it): what they import of hack/slm_dev is standard library only.
 cluster-down: ## stop the local control plane and remove its state
-	@$(PYTHON) hack/localcluster.py down --state-dir "$(SLM_CLUSTER_DIR)"
+	@PYTHONPATH=hack $(PYTHON) -m slm_dev.cluster down --state-dir "$(SLM_CLUSTER_DIR)"
 
 cluster-status: ## show the local control plane's processes
-	@$(PYTHON) hack/localcluster.py status --state-dir "$(SLM_CLUSTER_DIR)"
+	@PYTHONPATH=hack $(PYTHON) -m slm_dev.cluster status --state-dir "$(SLM_CLUSTER_DIR)"
 
 test-unit: install ## fast tests: no cluster
 	$(BIN)/pytest -m "not k8s and not runtime" $(PYTEST_ARGS)
@@ -78,10 +80,10 @@ test: install cluster-bins images lint typecheck verify-generated ## everything 
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 demo: install cluster-bins images ## the local demo on real pods: the chart, the operator pod, SmolLM2 answering the ollama and openai clients
-	@$(PY) hack/demo.py up
+	@$(PY) -m slm_dev.demo up
 
 demo-down: ## stop and remove everything the demo started
-	@$(PY) hack/demo.py down
+	@$(PY) -m slm_dev.demo down
 
 # deploy/install.yaml is `helm template` of the chart: --with-helm renders it with helm from cluster-bins.
 generate: install cluster-bins ## regenerate every generated file: CRDs, chart schema and default tiers, docs, deploy/install.yaml

@@ -30,10 +30,8 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -46,11 +44,13 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "hack"))
-
-import localcluster  # noqa: E402
-from localcluster import LocalCluster  # noqa: E402
+from slm_dev import cluster as localcluster
+from slm_dev.auth import CONTEXT_NAME, client_ssl_context
+from slm_dev.cluster import LocalCluster
+from slm_dev.cluster_objects import persistent_volume
+from slm_dev.operator_process import OperatorProcess
+from slm_dev.paths import REPO_ROOT
+from slm_dev.processes import pid_alive
 
 BENCH_LABEL = "slm.dev/bench"
 BENCH_VALUE = "operator-scale"
@@ -93,7 +93,7 @@ def load_average() -> str:
 class Api:
     def __init__(self, cluster: LocalCluster) -> None:
         self.server = cluster.server
-        self.context = localcluster.client_ssl_context(cluster.state_dir / "pki")
+        self.context = client_ssl_context(cluster.state_dir / "pki")
 
     def get(self, path: str) -> Any:
         request = urllib.request.Request(self.server + path, headers={"Accept": "application/json"})
@@ -105,87 +105,26 @@ class Api:
 
 
 # --- the operator process -------------------------------------------------------------------
-class Operator:
-    """``python -m slm_operator`` for one namespace; samples its peak RSS while it runs."""
-
-    def __init__(self, cluster: LocalCluster, namespace: str, log_path: Path) -> None:
-        self.cluster = cluster
-        self.namespace = namespace
-        self.log_path = log_path
-        self.metrics_port = localcluster.free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        self.peak_hwm_kib = 0
-        self.last_rss_kib = 0
-        self._stop_sampling = threading.Event()
-        self._sampler: threading.Thread | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)}
-        with open(self.log_path, "ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "slm_operator", "--namespace", self.namespace,
-                 "--metrics-port", str(self.metrics_port), "--health-port", "0", "--log-format", "json"],
-                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO_ROOT,
-                start_new_session=True,
-            )  # fmt: skip
-        self._sampler = threading.Thread(target=self._sample, daemon=True)
-        self._sampler.start()
-
-    def _sample(self) -> None:
-        assert self.process is not None
-        status = Path(f"/proc/{self.process.pid}/status")
-        while not self._stop_sampling.wait(0.5):
-            try:
-                text = status.read_text()
-            except OSError:
-                return
-            for line in text.splitlines():
-                if line.startswith("VmHWM:"):
-                    self.peak_hwm_kib = max(self.peak_hwm_kib, int(line.split()[1]))
-                elif line.startswith("VmRSS:"):
-                    self.last_rss_kib = int(line.split()[1])
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def metrics_text(self) -> str:
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10
-            ) as response:
-                return str(response.read().decode())
-        except OSError:
-            return ""
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        """Until /metrics answers and the operator has seen the node inventory."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise RuntimeError(f"the operator exited; log:\n{self.log_tail()}")
-            text = self.metrics_text()
+def start_operator(cluster: LocalCluster, namespace: str, log_path: Path) -> OperatorProcess:
+    """``python -m slm_operator`` for one namespace, in a session of its own (Ctrl-C reaches only the
+    benchmark, which stops it during clean-up); returns once it serves /metrics and has seen the
+    node inventory."""
+    operator = OperatorProcess(
+        cluster.kubeconfig, log_path, ["--namespace", namespace], log_format="json", new_session=True
+    )
+    operator.start()
+    try:
+        deadline = time.monotonic() + 120
+        while operator.alive() and time.monotonic() < deadline:
+            text = operator.metrics(timeout=10)
             if text and parse_metrics(text).nodes > 0:
-                return
+                return operator
             time.sleep(0.5)
-        raise RuntimeError(f"the operator was not ready after {timeout:.0f}s; log:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 30) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        self._stop_sampling.set()
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+        why = "exited" if not operator.alive() else "was not ready after 120s"
+        raise RuntimeError(f"the operator {why}; log:\n{operator.log_tail()}")
+    except BaseException:  # Ctrl-C included: the caller's clean-up does not know it yet
+        operator.stop()
+        raise
 
 
 # --- metrics --------------------------------------------------------------------------------
@@ -307,7 +246,7 @@ def add_volumes(cluster: LocalCluster, count: int) -> None:
     """``count`` fresh 20Gi ReadWriteOnce PVs (the only kind small models claim), labelled ours."""
     volumes = []
     for _ in range(count):
-        pv = localcluster.persistent_volume("ReadWriteOnce", "20Gi", cluster.state_dir)
+        pv = persistent_volume("ReadWriteOnce", "20Gi", cluster.state_dir)
         pv["metadata"]["name"] = f"bench-rwo-20gi-{uuid.uuid4().hex[:10]}"
         pv["metadata"]["labels"] = {BENCH_LABEL: BENCH_VALUE}
         volumes.append(pv)
@@ -382,14 +321,12 @@ def run_size(
     cleanup.append(("namespace", namespace))
     add_volumes(cluster, size)
 
-    operator = Operator(cluster, namespace, opts.workdir / f"operator-{size}.log")
+    operator = start_operator(cluster, namespace, opts.workdir / f"operator-{size}.log")
     cleanup.append(("operator", operator))
-    operator.start()
-    operator.wait_ready()
-    before = parse_metrics(operator.metrics_text())
-    log(f"N={size}: operator up (pid {operator.process.pid if operator.process else '?'}); applying")
+    before = parse_metrics(operator.metrics(timeout=10))
+    operator_pid = operator.pid or 0
+    log(f"N={size}: operator up (pid {operator_pid}); applying")
 
-    operator_pid = operator.process.pid if operator.process else 0
     objects = [slm_deployment(f"bench-{i:05d}-{uuid.uuid4().hex[:4]}") for i in range(size)]
     loads: list[str] = [load_average()]
     cpu_before = cpu_by_process(cluster, operator_pid)
@@ -436,7 +373,7 @@ def run_size(
                 ready_s = time.monotonic() - started
                 break
         time.sleep(opts.poll_seconds)
-    converged = parse_metrics(operator.metrics_text())
+    converged = parse_metrics(operator.metrics(timeout=10))
     cpu_converged = cpu_by_process(cluster, operator_pid)
     loads.append(load_average())
     log(f"N={size}: all Ready with children in {ready_s:.1f}s (placed at {placed_s:.1f}s)")
@@ -447,20 +384,20 @@ def run_size(
     quiet_since = time.monotonic()
     while time.monotonic() - settle_started < max(opts.settle_seconds * 6, 60):
         time.sleep(1)
-        current = parse_metrics(operator.metrics_text()).total_reconciles
+        current = parse_metrics(operator.metrics(timeout=10)).total_reconciles
         if current != previous:
             previous, quiet_since = current, time.monotonic()
         elif time.monotonic() - quiet_since >= opts.settle_seconds:
             break
-    settled = parse_metrics(operator.metrics_text())
+    settled = parse_metrics(operator.metrics(timeout=10))
     settle_s = time.monotonic() - settle_started
 
     log(f"N={size}: steady-state window of {opts.steady_seconds:.0f}s")
     versions_before = resource_versions(api, namespace)
-    window_start = parse_metrics(operator.metrics_text())
+    window_start = parse_metrics(operator.metrics(timeout=10))
     cpu_steady = cpu_seconds(operator_pid)
     time.sleep(opts.steady_seconds)
-    window_end = parse_metrics(operator.metrics_text())
+    window_end = parse_metrics(operator.metrics(timeout=10))
     cpu_steady = cpu_seconds(operator_pid) - cpu_steady
     versions_after = resource_versions(api, namespace)
     loads.append(load_average())
@@ -470,6 +407,7 @@ def run_size(
     convergence = converged - before
     through_settle = settled - before
     reconciles = through_settle.total_reconciles
+    memory = operator.memory()  # VmHWM is the kernel's own peak: read once, before the stop
     result: dict[str, Any] = {
         "size": size,
         "namespace": namespace,
@@ -509,8 +447,8 @@ def run_size(
             name: round(cpu_converged[name] - cpu_before.get(name, 0.0), 1) for name in cpu_converged
         },
         "steady_operator_cpu_seconds": round(cpu_steady, 2),
-        "operator_peak_rss_mib": round(operator.peak_hwm_kib / 1024, 1),
-        "operator_rss_end_mib": round(operator.last_rss_kib / 1024, 1),
+        "operator_peak_rss_mib": round(memory.peak_kib / 1024, 1),
+        "operator_rss_end_mib": round(memory.rss_kib / 1024, 1),
         "load_average_samples": loads,
         "operator_log": str(operator.log_path),
     }
@@ -607,10 +545,10 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 def reuse_cluster(kubeconfig: Path) -> LocalCluster:
     config = json.loads(kubeconfig.read_text())
-    if config.get("current-context") != localcluster.CONTEXT_NAME:
-        raise SystemExit(f"{kubeconfig}: context is not {localcluster.CONTEXT_NAME}; refusing to use it")
+    if config.get("current-context") != CONTEXT_NAME:
+        raise SystemExit(f"{kubeconfig}: context is not {CONTEXT_NAME}; refusing to use it")
     cluster = localcluster.load(kubeconfig.resolve().parent)
-    if cluster is None or not all(localcluster.pid_alive(p) for p in cluster.pids.values()):
+    if cluster is None or not all(pid_alive(p) for p in cluster.pids.values()):
         raise SystemExit(f"{kubeconfig}: no running local control plane next to it")
     return cluster
 

@@ -16,7 +16,7 @@ ETCD_VERSION=v3.6.14
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
 
-# kubelet and kube-proxy run the local real node (hack/realnode.py).
+# kubelet and kube-proxy run the local real node (hack/slm_dev/realnode.py).
 KUBE_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 BINARIES=(etcd "${KUBE_CMDS[@]}" kwok helm)
 

@@ -1,6 +1,6 @@
 // Command pause is the sandbox ("pause") container of the local real node: it holds a pod's
 // namespaces open, reaps the zombies that a shared PID namespace hands to it, and exits 0 on
-// SIGINT or SIGTERM. No registry is reachable there, so hack/images.py builds it into a
+// SIGINT or SIGTERM. No registry is reachable there, so slm_dev.images builds it into a
 // FROM scratch image (CGO_ENABLED=0: a static binary with nothing else in the image).
 package main
 

@@ -8,7 +8,7 @@ The files, each from its source:
 
 - crds/slm.dev_slmdeployments.yaml and the chart's templates/crds/ copy: the API models (api/);
 - docs/api-reference.md: the same CRD;
-- docs/runtime-settings.md: the runtime's settings classes, rendered by hack/runtime_settings_doc.py
+- docs/runtime-settings.md: the runtime's settings classes, rendered by hack/slm_dev/runtime_settings_doc.py
   in its own process, because the operator package never imports the runtime (import contract);
 - charts/slm-operator/values.schema.json: values.schema.base.yaml plus the settings model's schema;
 - charts/slm-operator/values.yaml, the marked block only: the built-in tiers (data/default_tiers.yaml);
@@ -40,7 +40,7 @@ from slm_operator.chart_values import render_values_schema, with_default_tiers_b
 
 CHART_DIR = Path("charts") / "slm-operator"
 VALUES_SCHEMA_BASE = CHART_DIR / "values.schema.base.yaml"
-RUNTIME_SETTINGS_RENDERER = Path("hack") / "runtime_settings_doc.py"
+RUNTIME_SETTINGS_RENDERER = Path("hack") / "slm_dev" / "runtime_settings_doc.py"
 INSTALL_RENDERER = Path("deploy") / "render.sh"
 DIFF_HEAD_LINES = 40
 
@@ -134,7 +134,9 @@ def _run(command: list[str], root: Path, what: str) -> str:
 
 
 def _runtime_settings_page(root: Path) -> str:
-    return _run([sys.executable, str(root / RUNTIME_SETTINGS_RENDERER)], root, "docs/runtime-settings.md")
+    # -P: the script's folder (a package of dev tools) is not put first on sys.path.
+    command = [sys.executable, "-P", str(root / RUNTIME_SETTINGS_RENDERER)]
+    return _run(command, root, "docs/runtime-settings.md")
 
 
 def _install_manifest(root: Path) -> str:

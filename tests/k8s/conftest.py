@@ -15,12 +15,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,8 +25,11 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-import localcluster
-from localcluster import ClusterError, LocalCluster
+from slm_dev import cluster as localcluster
+from slm_dev.auth import CONTEXT_NAME
+from slm_dev.cluster import ClusterError, LocalCluster
+from slm_dev.operator_process import OperatorProcess
+from slm_dev.processes import pid_alive
 
 T = TypeVar("T")
 
@@ -46,7 +45,7 @@ def _reusable_cluster(kubeconfig: str) -> LocalCluster | None:
         config = json.loads(path.read_text())
     except ValueError:
         return None
-    if config.get("current-context") != localcluster.CONTEXT_NAME:
+    if config.get("current-context") != CONTEXT_NAME:
         return None
     state_dir = path.parent
     return localcluster.load(state_dir)
@@ -55,7 +54,7 @@ def _reusable_cluster(kubeconfig: str) -> LocalCluster | None:
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:
     reused = _reusable_cluster(os.environ.get("KUBECONFIG", ""))
-    if reused is not None and all(localcluster.pid_alive(p) for p in reused.pids.values()):
+    if reused is not None and all(pid_alive(p) for p in reused.pids.values()):
         yield reused
         return
     state_dir = Path(tempfile.mkdtemp(prefix="slm-test-cluster-"))
@@ -187,69 +186,6 @@ def crds(cluster: LocalCluster) -> list[str]:
     return names
 
 
-class OperatorProcess:
-    """`python -m slm_operator` as a separate process, scoped to one namespace."""
-
-    def __init__(self, cluster: LocalCluster, namespace: str, env: dict[str, str], log_path: Path) -> None:
-        self.cluster = cluster
-        self.namespace = namespace
-        self.env = env
-        self.log_path = log_path
-        self.metrics_port = localcluster.free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), **self.env}
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "slm_operator",
-                    "--namespace",
-                    self.namespace,
-                    "--log-format",
-                    "plain",
-                    "--metrics-port",
-                    str(self.metrics_port),
-                    "--health-port",
-                    "0",
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO_ROOT,
-            )
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def metrics(self) -> str:
-        """The operator's /metrics text; "" while it is not serving yet."""
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
-            ) as response:
-                return str(response.read().decode())
-        except OSError:
-            return ""
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
 @pytest.fixture
 def operator_env() -> dict[str, str]:
     """Extra environment (operator settings) for the operator under test; tests may override."""
@@ -265,7 +201,9 @@ def slm_operator(
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(cluster, namespace, operator_env, tmp_path / "operator.log")
+    process = OperatorProcess(
+        cluster.kubeconfig, tmp_path / "operator.log", ["--namespace", namespace], env=operator_env
+    )
     process.start()
     yield process
     process.stop()

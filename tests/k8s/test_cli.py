@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from localcluster import LocalCluster
+from slm_dev.cluster import LocalCluster
+from slm_dev.operator_process import OperatorProcess
 from slm_operator.catalog import load_builtin_catalog
 from slm_operator.cli.__main__ import main
 from slm_operator.cli.modelfile import render
-from tests.k8s.conftest import OperatorProcess, wait_for
+from tests.k8s.conftest import wait_for
 from tests.unit.cli.test_modelfile import SEED_MODELFILE as SEED_WITH_FILES
 
 pytestmark = [pytest.mark.k8s]
@@ -67,7 +68,14 @@ def test_create_deploy_list_ps_show_why_stop_cp_rm(
 ) -> None:
     modelfile = tmp_path / "Modelfile"
     modelfile.write_text(SEED_MODELFILE)
-    out = ok(cluster, namespace, "create", "assistant", "-f", str(modelfile))
+    code, out, err = slm(cluster, namespace, "create", "assistant", "-f", str(modelfile))
+    assert code == 0, err
+    # The seed's `num_gpu 1` keeps Ollama's meaning (layers), and the user is told so.
+    assert err == (
+        f"note: {modelfile} line 6: PARAMETER num_gpu 1 puts 1 layer(s) on the GPU, as in Ollama "
+        "(spec.optimization.gpuLayers); for a number of GPUs per replica set spec.hardware.count "
+        "instead, and for every layer on the GPU remove the line\n"
+    )
     assert out.startswith(f"slmdeployment.slm.dev/assistant serverside-applied in namespace {namespace}")
     obj = get(cluster, namespace, "slmdeployments", "assistant")
     assert obj["spec"]["model"] == {"name": "qwen2.5:3b", "format": "auto", "quantization": "auto"}

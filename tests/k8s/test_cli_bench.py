@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-import localcluster
-import realpods
-from localcluster import LocalCluster
+from slm_dev import cluster as localcluster
+from slm_dev import realpods
+from slm_dev.cluster import LocalCluster
 from slm_operator.cli import bench_status
 from slm_operator.cli.__main__ import main
 from tests.k8s.conftest import wait_for

@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 
-import localcluster
-from localcluster import LocalCluster
+from slm_dev import cluster as localcluster
+from slm_dev.cluster import LocalCluster
+from slm_dev.operator_process import OperatorProcess
 from slm_operator.cli import portforward, run
 from slm_operator.cli.__main__ import build_parser, main
 from slm_operator.cli.commands import Context
 from slm_operator.cli.errors import CliError
-from tests.k8s.conftest import OperatorProcess, wait_for
+from tests.k8s.conftest import wait_for
 from tests.unit.cli.test_run import STATS, FakeOllama, fake_kubectl, fake_ollama
 
 pytestmark = [pytest.mark.k8s]

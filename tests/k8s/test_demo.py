@@ -9,20 +9,20 @@ from pathlib import Path
 
 import pytest
 
-import localcluster
+from slm_dev import cluster as localcluster
 
 pytestmark = [pytest.mark.k8s, pytest.mark.runtime, pytest.mark.realnode, pytest.mark.slow]
 OWN_CLUSTER = True  # the demo starts its own cluster and real node: run before the shared one
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEMO = REPO_ROOT / "hack" / "demo.py"
+# As `make demo` runs it.
+DEMO = [sys.executable, "-m", "slm_dev.demo"]
 
 
 def test_demo_serves_smollm2_on_a_real_pod_and_answers_both_clients(tmp_path: Path) -> None:
     state = tmp_path / "demo"
     try:
         result = subprocess.run(
-            [sys.executable, str(DEMO), "up", "--state-dir", str(state)],
+            [*DEMO, "up", "--state-dir", str(state)],
             capture_output=True,
             text=True,
             timeout=1200,
@@ -57,7 +57,7 @@ def test_demo_serves_smollm2_on_a_real_pod_and_answers_both_clients(tmp_path: Pa
         assert logs and "forbidden" not in logs.lower()
     finally:
         down = subprocess.run(
-            [sys.executable, str(DEMO), "down", "--state-dir", str(state)],
+            [*DEMO, "down", "--state-dir", str(state)],
             capture_output=True,
             text=True,
             timeout=180,

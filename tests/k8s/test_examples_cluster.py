@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
-from localcluster import LocalCluster
-from tests.k8s.conftest import REPO_ROOT, OperatorProcess, wait_for
+from slm_dev.cluster import LocalCluster
+from slm_dev.operator_process import OperatorProcess
+from tests.k8s.conftest import REPO_ROOT, wait_for
 
 pytestmark = pytest.mark.k8s
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from localcluster import LocalCluster
+from slm_dev.cluster import LocalCluster
 from tests.k8s.conftest import FakeNodes, wait_for
 
 pytestmark = pytest.mark.k8s

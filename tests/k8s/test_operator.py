@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from localcluster import LocalCluster
-from tests.k8s.conftest import FakeNodes, OperatorProcess, wait_for
+from slm_dev.cluster import LocalCluster
+from slm_dev.operator_process import OperatorProcess
+from tests.k8s.conftest import FakeNodes, wait_for
 
 pytestmark = pytest.mark.k8s
 

@@ -9,10 +9,7 @@ pauses; when the active one stops, the standby takes over.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from localcluster import LocalCluster
-from tests.k8s.conftest import REPO_ROOT, OperatorProcess, wait_for
+from slm_dev.cluster import LocalCluster
+from slm_dev.operator_process import OperatorProcess
+from tests.k8s.conftest import REPO_ROOT, wait_for
 
 pytestmark = pytest.mark.k8s
 
@@ -35,8 +33,19 @@ RESUMED = "Resuming operations after the pause"
 class PeeredOperator(OperatorProcess):
     """`python -m slm_operator --namespace NS --peering NAME`, as one replica of the chart."""
 
-    def __init__(self, *args: Any, name: str, peering: str, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        cluster: LocalCluster,
+        namespace: str,
+        env: dict[str, str],
+        log_path: Path,
+        *,
+        name: str,
+        peering: str,
+    ) -> None:
+        super().__init__(
+            cluster.kubeconfig, log_path, ["--namespace", namespace, "--peering", peering], env=env
+        )
         self.name = name
         self.peering = peering
 
@@ -50,18 +59,6 @@ class PeeredOperator(OperatorProcess):
             elif RESUMED in line:
                 last = "active"
         return last
-
-    def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), **self.env}
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable, "-m", "slm_operator", "--namespace", self.namespace,
-                    "--peering", self.peering, "--log-format", "plain",
-                    "--metrics-port", str(self.metrics_port), "--health-port", "0",
-                ],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-            )  # fmt: skip
 
     def reconciles(self) -> float:
         """Reconciles this replica ran (ok or error), from its /metrics; 0 before the first."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +24,11 @@ from typing import Any
 import pytest
 import yaml
 
-import localcluster
-from localcluster import LocalCluster
-from tests.k8s.conftest import REPO_ROOT, OperatorProcess, wait_for
+from slm_dev import cluster as localcluster
+from slm_dev.auth import read_audit_log
+from slm_dev.cluster import LocalCluster
+from slm_dev.operator_process import OperatorProcess
+from tests.k8s.conftest import REPO_ROOT, wait_for
 
 pytestmark = pytest.mark.k8s
 
@@ -220,38 +221,20 @@ def install_chart(cluster: LocalCluster, crds: list[str], namespace: str, helm: 
         cluster.kubectl("delete", "crd", crd, "--wait=false", check=False)
 
 
-class ScopedOperator(OperatorProcess):
-    """The operator with explicit scope arguments (``--namespace`` or ``--all-namespaces``)."""
-
-    def __init__(self, *args: Any, scope_args: list[str], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.scope_args = scope_args
-
-    def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), **self.env}
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable, "-m", "slm_operator", *self.scope_args,
-                    "--log-format", "plain", "--metrics-port", str(self.metrics_port), "--health-port", "0",
-                ],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-            )  # fmt: skip
-
-
 def operator_as(
     cluster: LocalCluster, release: Release, tmp_path: Path, scope_args: list[str]
-) -> ScopedOperator:
+) -> OperatorProcess:
+    """The operator with explicit scope arguments (``--namespace NS`` or ``--all-namespaces``), as the
+    chart's ServiceAccount."""
     token = cluster.kubectl(
         "create", "token", release.service_account, "-n", release.namespace, "--duration=1h"
     ).stdout.strip()
     kubeconfig = localcluster.token_kubeconfig(
         cluster, tmp_path / f"{release.name}.kubeconfig", token, release.namespace
     )
-    # Pin the operator to the chart's ServiceAccount and to nothing else in the environment.
-    env = {"KUBECONFIG": str(kubeconfig), "SLM_OPERATOR_POD_NAME": release.name}
-    process = ScopedOperator(
-        cluster, release.namespace, env, tmp_path / f"{release.name}.log", scope_args=scope_args
+    # Pin the operator to the chart's ServiceAccount's kubeconfig, nothing else.
+    process = OperatorProcess(
+        kubeconfig, tmp_path / f"{release.name}.log", scope_args, env={"SLM_OPERATOR_POD_NAME": release.name}
     )
     process.start()
     return process
@@ -297,7 +280,7 @@ def decision(event: dict[str, Any]) -> str:
 
 
 def audit(cluster: LocalCluster, release: Release) -> Audit:
-    return Audit(localcluster.read_audit_log(cluster.state_dir, release.user))
+    return Audit(read_audit_log(cluster.state_dir, release.user))
 
 
 def forbidden_lines(log: str, user: str) -> list[str]:

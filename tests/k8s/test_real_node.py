@@ -20,9 +20,8 @@ from typing import Any
 
 import pytest
 
-import realnode
-import realpods
-from localcluster import LocalCluster
+from slm_dev import realnode, realpods
+from slm_dev.cluster import LocalCluster
 from slm_operator.naming import cache_claim_name
 from tests.k8s.conftest import wait_for
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-import hoststate
-import images
-import localcluster
-import realnode
+from slm_dev import cluster as localcluster
+from slm_dev import hoststate, realnode
+from slm_dev.image_parts import PAUSE_IMAGE
+from slm_dev.processes import pid_alive
 
 pytestmark = [pytest.mark.k8s, pytest.mark.realnode, pytest.mark.slow]
 OWN_CLUSTER = True  # conftest runs this module before the shared cluster starts
@@ -50,7 +50,7 @@ def test_cluster_down_undoes_everything_the_real_node_did() -> None:
             "spec": {
                 "nodeSelector": realnode.node_selector(),
                 "tolerations": [realnode.toleration()],
-                "containers": [{"name": "pause", "image": images.PAUSE_IMAGE, "imagePullPolicy": "Never"}],
+                "containers": [{"name": "pause", "image": PAUSE_IMAGE, "imagePullPolicy": "Never"}],
             },
         }
         cluster.kubectl("apply", "-f", "-", input=json.dumps(pod))
@@ -75,4 +75,4 @@ def test_cluster_down_undoes_everything_the_real_node_did() -> None:
     assert not state_dir.exists()
     assert not realnode.LOCK_FILE.exists()
     for pid in cluster.real_node_pids.values():
-        assert not localcluster.pid_alive(pid)
+        assert not pid_alive(pid)

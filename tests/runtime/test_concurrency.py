@@ -14,7 +14,7 @@ import ollama
 import pytest
 
 from slm_runtime.backends.base import DoneEvent, ErrorEvent, Event, GenerationJob, SamplingOptions, TokenEvent
-from slm_runtime.backends.llama_cpp_backend import LlamaCppBackend
+from slm_runtime.backends.llama_cpp import LlamaCppBackend
 from slm_runtime.scheduler import OLLAMA_QUEUE_FULL
 from tests.runtime.conftest import RunningServer, start_server
 
@@ -202,9 +202,8 @@ async def test_a_failing_decode_fails_only_the_sequence_that_caused_it(busy_serv
     first = await good.next_event()
     assert isinstance(first, TokenEvent)
     bad = GenerationJob([1, -5, 2], SamplingOptions(max_tokens=5), loop)
-    with backend._wake:  # what submit() does, minus validate()
-        backend._pending.append(bad)
-        backend._wake.notify()
+    assert backend.scheduler is not None
+    backend.scheduler.enqueue(bad)  # what submit() does, minus validate()
     failure = await bad.next_event()
     assert isinstance(failure, ErrorEvent)
     events: list[Event] = []

@@ -1,14 +1,17 @@
-"""The pure parts of the local control plane script: node data, storage pool, binary cache."""
+"""The pure parts of the local control plane (slm_dev.cluster): node data, storage pool, binary cache."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-import localcluster
+from slm_dev import cluster as localcluster
+from slm_dev import cluster_objects
+from slm_dev.paths import HACK_DIR
 
 
 def test_default_node_file_is_valid_and_mixed() -> None:
@@ -30,7 +33,7 @@ def test_node_file_rejects_other_kinds(tmp_path: Path) -> None:
 
 
 def test_node_defaults_fill_what_a_kubelet_reports() -> None:
-    node = localcluster.with_node_defaults(
+    node = cluster_objects.with_node_defaults(
         {
             "metadata": {"name": "n1", "labels": {"kubernetes.io/arch": "arm64"}},
             "status": {"capacity": {"cpu": "4"}},
@@ -52,19 +55,19 @@ def test_node_defaults_fill_what_a_kubelet_reports() -> None:
 
 def test_node_is_schedulable_needs_ready_and_no_not_ready_taint() -> None:
     ready = {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
-    assert localcluster.node_is_schedulable(ready)
+    assert cluster_objects.node_is_schedulable(ready)
     tainted = {**ready, "spec": {"taints": [{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}]}}
-    assert not localcluster.node_is_schedulable(tainted)
-    assert not localcluster.node_is_schedulable(
+    assert not cluster_objects.node_is_schedulable(tainted)
+    assert not cluster_objects.node_is_schedulable(
         {"status": {"conditions": [{"type": "Ready", "status": "False"}]}}
     )
 
 
 def test_pool_volume_shape(tmp_path: Path) -> None:
-    pv = localcluster.persistent_volume("ReadWriteMany", "20Gi", tmp_path)
+    pv = cluster_objects.persistent_volume("ReadWriteMany", "20Gi", tmp_path)
     assert pv["metadata"]["labels"] == {"slm.dev/pool": "rwx-20gi"}
     assert pv["spec"]["accessModes"] == ["ReadWriteMany"]
-    assert pv["spec"]["storageClassName"] == localcluster.STORAGE_CLASS
+    assert pv["spec"]["storageClassName"] == cluster_objects.STORAGE_CLASS
     folder = Path(pv["spec"]["hostPath"]["path"])
     assert str(folder).startswith(str(tmp_path))
     # fsGroup does not apply to hostPath: the folder itself must let the runtime's uid write.
@@ -102,3 +105,19 @@ def test_down_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
     with pytest.raises(localcluster.ClusterError, match="does not look like"):
         localcluster.down(tmp_path)
     assert (tmp_path / "precious.txt").exists()
+
+
+def test_status_and_down_need_only_the_standard_library(tmp_path: Path) -> None:
+    # `make cluster-down` and `make cluster-status` run without the virtual environment (-S: no
+    # site-packages, so an import of PyYAML or anything else outside the standard library fails).
+    env = {**os.environ, "PYTHONPATH": str(HACK_DIR)}
+    for command, code, said in (("status", 1, "not running"), ("down", 0, "stopped and removed")):
+        result = subprocess.run(
+            [sys.executable, "-S", "-m", "slm_dev.cluster", command, "--state-dir", str(tmp_path / "none")],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == code, result.stderr
+        assert said in result.stdout + result.stderr

@@ -8,9 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hoststate
-import images
-import realnode
+from slm_dev import hoststate, realnode
+from slm_dev.image_parts import PAUSE_IMAGE
 
 
 def test_kubelet_config_has_what_these_machines_need(tmp_path: Path) -> None:
@@ -34,7 +33,7 @@ def test_kubelet_config_has_what_these_machines_need(tmp_path: Path) -> None:
 def test_containerd_config_lets_runc_start_and_uses_the_local_pause_image(tmp_path: Path) -> None:
     text = realnode._containerd_config(tmp_path)
     assert "restrict_oom_score_adj = true" in text
-    assert f'sandbox_image = "{images.PAUSE_IMAGE}"' in text
+    assert f'sandbox_image = "{PAUSE_IMAGE}"' in text
     assert "SystemdCgroup = false" in text
     assert f'address = "{realnode.socket_path(tmp_path)}"' in text
     assert f'root = "{tmp_path / "containerd" / "root"}"' in text

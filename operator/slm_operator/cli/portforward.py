@@ -50,7 +50,7 @@ def find_kubectl(explicit: str | None, kubeconfig: str | None) -> str:
     if config:
         folder = Path(config).expanduser().parent
         candidates = [folder / "kubectl"]
-        try:  # a local cluster (hack/localcluster.py) records where its binaries are
+        try:  # a local cluster (python -m slm_dev.cluster) records where its binaries are
             bin_dir = json.loads((folder / "cluster.json").read_text()).get("bin_dir")
             if bin_dir:
                 candidates.append(Path(bin_dir) / "kubectl")

@@ -104,5 +104,7 @@ def test_pull_draws_a_progress_bar_on_a_terminal() -> None:
 
 def test_pull_times_out_with_what_to_do() -> None:
     kube = SequenceKube(slm("Fetching", 1, 80_000_000, 0))
-    with pytest.raises(CliError, match=r"not cached after 0s; keep waiting with `slm pull smollm2`.*`slm why smollm2`"):
+    with pytest.raises(
+        CliError, match=r"not cached after 0s; keep waiting with `slm pull smollm2`.*`slm why smollm2`"
+    ):
         wait_cached(context(kube, io.StringIO()), "ai", "smollm2", 0)

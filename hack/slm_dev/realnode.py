@@ -1,7 +1,10 @@
 """One real node for the local cluster: containerd, runc, a CNI bridge, kubelet, kube-proxy.
 
+Over 400 lines: one node's lifecycle around one state folder (host tools, network, the four
+components' configuration, start, stop, restore), each part short.
+
 The kwok nodes prove placement; this node proves that our images run. It joins the
-control plane that ``localcluster.py`` starts, as a CPU node labelled and tainted
+control plane that ``slm_dev.cluster`` starts, as a CPU node labelled and tainted
 ``slm.dev/real-node`` so that only workloads asking for it land there (the tests
 and the demo do; everything else keeps running on kwok).
 
@@ -28,22 +31,27 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import hoststate
+from slm_dev import auth, hoststate
+from slm_dev.controlplane import SERVICE_CIDR
+from slm_dev.image_cache import load_images
+from slm_dev.image_parts import PAUSE_IMAGE
+from slm_dev.processes import free_port, http_status, pid_alive, start_process, stop_pid, tail
 
 if TYPE_CHECKING:
-    from localcluster import LocalCluster
+    from slm_dev.cluster import LocalCluster
 
 NODE_NAME = "real-cpu-0"
 BRIDGE = "slm0"
 POD_SUBNET = "10.89.0.0/24"
 NODE_IP = "10.89.0.1"
-# kwok hands fake pods addresses from this range (localcluster's --cidr); nothing answers there.
+# kwok hands fake pods addresses from this range (its --cidr); nothing answers there.
 FAKE_POD_CIDR = "10.244.0.0/16"
-SERVICE_CIDR = "10.0.0.0/16"
 REAL_NODE_LABEL = "slm.dev/real-node"
 INSTANCE_TYPE = "local-real"
 FENCE_CHAIN = "SLM-FENCE"
@@ -68,7 +76,7 @@ class RealNodeError(RuntimeError):
 
 
 def log(message: str) -> None:
-    print(f"[realnode {time.strftime('%H:%M:%S')}] {message}", file=__import__("sys").stderr, flush=True)
+    print(f"[realnode {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def toleration() -> dict[str, str]:
@@ -134,7 +142,7 @@ def _claim_lock(state_dir: Path) -> None:
         if Path(holder).exists() and holder != str(state_dir):
             raise RealNodeError(
                 f"the real node is held by the local cluster in {holder}; stop it first "
-                f"(`python hack/localcluster.py down --state-dir {holder}`, or `make demo-down`)"
+                f"(`python -m slm_dev.cluster down --state-dir {holder}`, or `make demo-down`)"
             )
         log(f"taking over a stale real-node lock of {holder}")
     LOCK_FILE.write_text(str(state_dir))
@@ -174,8 +182,6 @@ def prepare_network(state_dir: Path) -> str:
 
 # --- configuration files -------------------------------------------------------------------------
 def _containerd_config(state: Path) -> str:
-    import images  # needs PyYAML; `down` (standard library only) never gets here
-
     root = state / "containerd"
     cri = 'plugins."io.containerd.grpc.v1.cri"'
     return f"""version = 2
@@ -191,7 +197,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   path = "{root / "opt"}"
 
 [{cri}]
-  sandbox_image = "{images.PAUSE_IMAGE}"
+  sandbox_image = "{PAUSE_IMAGE}"
   # Root here lacks CAP_SYS_RESOURCE: without this, runc cannot set oom_score_adj and no pod starts.
   restrict_oom_score_adj = true
   enable_selinux = false
@@ -327,25 +333,19 @@ def start(cluster: LocalCluster, pids: dict[str, int] | None = None) -> dict[str
     ``pids`` is filled as each process starts, so a start that fails half-way (and its caller's
     clean-up) still knows what to stop.
     """
-    import images
-    import localcluster
-
     state = node_state(cluster.state_dir)
     pki = cluster.state_dir / "pki"
     for sub in ("containerd", "cni/net.d", "cni/ipam", "kubelet", "kube-proxy"):
         (state / sub).mkdir(parents=True, exist_ok=True)
     socket_path(state).parent.mkdir(parents=True, exist_ok=True)
     kubelet_root(state).mkdir(parents=True, exist_ok=True)
-    localcluster.sign_client_cert(pki, "node", f"/O=system:nodes/CN=system:node:{NODE_NAME}")
-    localcluster.sign_client_cert(pki, "kube-proxy", "/CN=system:kube-proxy")
+    auth.sign_client_cert(pki, "node", f"/O=system:nodes/CN=system:node:{NODE_NAME}")
+    auth.sign_client_cert(pki, "kube-proxy", "/CN=system:kube-proxy")
     node_kubeconfig = state / "kubelet" / "kubeconfig"
     proxy_kubeconfig = state / "kube-proxy" / "kubeconfig"
-    localcluster.write_kubeconfig(node_kubeconfig, cluster.server, pki, user="node")
-    localcluster.write_kubeconfig(proxy_kubeconfig, cluster.server, pki, user="kube-proxy")
-    ports = {
-        name: localcluster.free_port()
-        for name in ("kubelet", "kubelet_healthz", "proxy_healthz", "proxy_metrics")
-    }
+    auth.write_kubeconfig(node_kubeconfig, cluster.server, pki, user="node")
+    auth.write_kubeconfig(proxy_kubeconfig, cluster.server, pki, user="kube-proxy")
+    ports = {name: free_port() for name in ("kubelet", "kubelet_healthz", "proxy_healthz", "proxy_metrics")}
     (state / "containerd" / "config.toml").write_text(_containerd_config(state))
     (state / "cni" / "net.d" / "10-slm-local.conflist").write_text(json.dumps(_cni_config(state), indent=2))
     # The pod's own loopback: a query never leaves its network namespace. (A file with no
@@ -362,22 +362,22 @@ def start(cluster: LocalCluster, pids: dict[str, int] | None = None) -> dict[str
         pids = {}
 
     log("starting containerd")
-    pids["containerd"] = localcluster.start_process(
+    pids["containerd"] = start_process(
         "containerd",
         ["containerd", f"--config={state / 'containerd' / 'config.toml'}", "--log-level=warn"],
         cluster.state_dir,
     )
     _wait(lambda: _containerd_ready(state), 60, "containerd", cluster.state_dir, pids["containerd"])
     started = time.monotonic()
-    loaded = images.load_images(str(socket_path(state)))
+    loaded = load_images(str(socket_path(state)))
     log(
         f"loaded {len(loaded)} image(s) into containerd in {time.monotonic() - started:.1f}s: {', '.join(loaded)}"
     )
-    if images.PAUSE_IMAGE not in loaded:
-        raise RealNodeError(f"the sandbox image {images.PAUSE_IMAGE} is missing; run `make images`")
+    if PAUSE_IMAGE not in loaded:
+        raise RealNodeError(f"the sandbox image {PAUSE_IMAGE} is missing; run `make images`")
 
     log(f"starting kubelet as node {NODE_NAME} ({NODE_IP})")
-    pids["kubelet"] = localcluster.start_process(
+    pids["kubelet"] = start_process(
         "kubelet",
         [
             str(cluster.bin_dir / "kubelet"),
@@ -393,13 +393,13 @@ def start(cluster: LocalCluster, pids: dict[str, int] | None = None) -> dict[str
         cluster.state_dir,
     )
     log("starting kube-proxy")
-    pids["kube-proxy"] = localcluster.start_process(
+    pids["kube-proxy"] = start_process(
         "kube-proxy",
         [str(cluster.bin_dir / "kube-proxy"), f"--config={state / 'kube-proxy' / 'config.json'}", "--v=1"],
         cluster.state_dir,
     )
     _wait(
-        lambda: localcluster.http_status(f"http://127.0.0.1:{ports['proxy_healthz']}/healthz") == 200,
+        lambda: http_status(f"http://127.0.0.1:{ports['proxy_healthz']}/healthz") == 200,
         60,
         "kube-proxy",
         cluster.state_dir,
@@ -417,21 +417,15 @@ def _containerd_ready(state: Path) -> bool:
     return result.returncode == 0
 
 
-def _wait(probe: Any, timeout: float, name: str, cluster_state: Path, pid: int) -> None:
-    import localcluster
-
+def _wait(probe: Callable[[], bool], timeout: float, name: str, cluster_state: Path, pid: int) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not localcluster.pid_alive(pid):
-            raise RealNodeError(
-                f"{name} exited; last lines of its log:\n{localcluster.tail(cluster_state, name)}"
-            )
+        if not pid_alive(pid):
+            raise RealNodeError(f"{name} exited; last lines of its log:\n{tail(cluster_state, name)}")
         if probe():
             return
         time.sleep(0.3)
-    raise RealNodeError(
-        f"{name} not ready after {timeout:.0f}s; log:\n{localcluster.tail(cluster_state, name)}"
-    )
+    raise RealNodeError(f"{name} not ready after {timeout:.0f}s; log:\n{tail(cluster_state, name)}")
 
 
 # --- stop ----------------------------------------------------------------------------------------
@@ -443,23 +437,6 @@ def _ctr(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
         check=False,
         timeout=60,
     )
-
-
-def _stop_pid(pid: int, timeout: float = 20) -> None:
-    import localcluster
-
-    if not localcluster.pid_alive(pid):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while localcluster.pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if localcluster.pid_alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
 
 
 def _shim_pids(state: Path) -> list[int]:
@@ -503,11 +480,11 @@ def stop(cluster_state: Path, pids: dict[str, int], bin_dir: Path | None) -> Non
     state = node_state(cluster_state)
     pids = _recorded_pids(cluster_state, pids)
     if "kube-proxy" in pids:
-        _stop_pid(pids["kube-proxy"])
+        stop_pid(pids["kube-proxy"])
         if bin_dir is not None and (bin_dir / "kube-proxy").exists():
             subprocess.run([str(bin_dir / "kube-proxy"), "--cleanup"], capture_output=True, check=False)
     if "kubelet" in pids:
-        _stop_pid(pids["kubelet"])
+        stop_pid(pids["kubelet"])
     if "containerd" in pids and socket_path(state).exists():
         for line in _ctr(state, "tasks", "ls", "-q").stdout.split():
             _ctr(state, "tasks", "kill", "-s", "SIGKILL", line)
@@ -515,7 +492,7 @@ def stop(cluster_state: Path, pids: dict[str, int], bin_dir: Path | None) -> Non
         while _ctr(state, "tasks", "ls", "-q").stdout.strip() and time.monotonic() < deadline:
             time.sleep(0.3)
     if "containerd" in pids:
-        _stop_pid(pids["containerd"])
+        stop_pid(pids["containerd"])
     for pid in _shim_pids(state):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

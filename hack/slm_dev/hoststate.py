@@ -6,7 +6,7 @@ links and routes, and a few well-known paths. ``snapshot()`` records all of it;
 ``restore(before)`` undoes every difference it can see; a test compares a snapshot
 taken before ``up`` with one taken after ``down``.
 
-Standard library only, like ``localcluster.py``.
+Standard library only, like ``slm_dev.cluster``: ``down`` runs without the virtual environment.
 """
 
 from __future__ import annotations

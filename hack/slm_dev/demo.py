@@ -30,12 +30,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import localcluster
-import realnode
-import realpods
-from localcluster import ClusterError, LocalCluster
+from slm_dev import cluster as localcluster
+from slm_dev import realnode, realpods
+from slm_dev.cluster import ClusterError, LocalCluster
+from slm_dev.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STATE = REPO_ROOT / ".demo"
 NAMESPACE = "demo"
 RELEASE_NAMESPACE = "slm-system"
@@ -317,7 +316,9 @@ def down(state: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m slm_dev.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("command", choices=("up", "down"))
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE)

@@ -19,10 +19,10 @@ from typing import Any
 
 import yaml
 
-import realnode
-from localcluster import LocalCluster
+from slm_dev import realnode
+from slm_dev.cluster import LocalCluster
+from slm_dev.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 CHART = REPO_ROOT / "charts" / "slm-operator"
 CATALOG_FILE = REPO_ROOT / "operator" / "slm_operator" / "data" / "catalog.yaml"
 MODEL_NAME = "smollm2:135m"
