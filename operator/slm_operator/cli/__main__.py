@@ -168,7 +168,25 @@ def build_parser() -> Parser:
     )
     listing.add_argument("--size", choices=models.SIZES, help="small (<1B), medium (<4B), large")
     listing.add_argument("--type", choices=models.TYPES, help="instruct, base or embedding")
+
+    completion = sub.add_parser(
+        "completion",
+        help="print a shell completion script",
+        epilog='bash: `source <(slm completion bash)`; zsh: `slm completion zsh > "${fpath[1]}/_slm"`',
+    )
+    completion.add_argument("shell", choices=COMPLETION_SHELLS)
     return parser
+
+
+COMPLETION_SHELLS = ("bash", "zsh")
+
+
+def completion_script(shell: str) -> str:
+    """The completion script of every verb and flag, generated from the parser (shtab)."""
+    import shtab
+
+    script: str = shtab.complete(build_parser(), shell=shell)
+    return script
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -182,6 +200,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     except CliError as error:
         err.write(f"error: {error.message}\n")
         return 1
+    if args.command == "completion":
+        out.write(completion_script(args.shell))
+        return 0
     ctx = Context(args=args, out=out, err=err)
     try:
         COMMANDS[args.command](ctx)
