@@ -33,7 +33,7 @@ CRD_FILE = ROOT / "crds" / "slm.dev_slmdeployments.yaml"
 def load_crd(path: Path = CRD_FILE) -> dict[str, Any]:
     """The CRD; a missing file is an error (the generator must have run), never a skip."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run `python -m slm_operator.api.crd --write`")
+        raise FileNotFoundError(f"{path} is missing: run `make generate`")
     crd: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
     return crd
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from slm_operator.status import parse_fetch_progress
+from slm_operator.observe import parse_fetch_progress
 from slm_runtime.fetch.progress import Progress
 
 
@@ -61,7 +61,7 @@ def test_no_progress_line_is_none() -> None:
 
 def test_every_fetch_failure_kind_is_a_prefix_the_runtime_writes() -> None:
     """status.FETCH_FAILURE_KINDS reads prefixes of the fetcher's termination message."""
-    from slm_operator.status import FETCH_FAILURE_KINDS, MODEL_CORRUPTED
+    from slm_operator.observe import FETCH_FAILURE_KINDS, MODEL_CORRUPTED
     from slm_runtime import fetch, integrity
 
     written = {integrity.CACHE_NOT_WRITABLE, integrity.MODEL_CORRUPTED, fetch.SOURCE_UNAUTHORIZED}

@@ -60,7 +60,7 @@ def rule_errors(raw_schema: dict[str, Any], doc: Doc) -> list[str]:
 
 
 def test_the_crd_exists() -> None:
-    assert CRD_FILE.is_file(), f"{CRD_FILE} is missing: run `python -m slm_operator.api.crd --write`"
+    assert CRD_FILE.is_file(), f"{CRD_FILE} is missing: run `make generate`"
 
 
 def test_there_are_examples() -> None:

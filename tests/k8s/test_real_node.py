@@ -180,7 +180,7 @@ async def test_the_operator_reads_fetch_progress_from_a_real_fetch_pod_log(e2e: 
 
     from slm_operator.builders.fetch_job import FETCH_CONTAINER
     from slm_operator.k8s.client import Kubernetes
-    from slm_operator.status import parse_fetch_progress
+    from slm_operator.observe import parse_fetch_progress
 
     [fetcher] = e2e.fetch_pods(served)
     size = (realpods.smollm2_dir() / realpods.MODEL_FILE).stat().st_size

@@ -1,9 +1,12 @@
 """`SLMDeployment` (slm.dev/v1alpha1): the pydantic models that are the single source of truth.
 
-The CRD in `crds/` is generated from these classes (`python -m slm_operator.api.crd`), so every
+The CRD in `crds/` is generated from these classes (`python -m slm_operator.generate`), so every
 field carries a description (it becomes `kubectl explain` text) and cross-field rules are CEL
 expressions attached through `json_schema_extra`. Python names are snake_case; the wire format is
 camelCase through the alias generator.
+
+Past 400 lines: the whole API of one version, spec and status, with the descriptions and CEL rules
+users read; splitting one version's types across files would hide the shape a reader wants whole.
 """
 
 from __future__ import annotations

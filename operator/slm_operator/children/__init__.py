@@ -50,8 +50,7 @@ from slm_operator.children.objects import (
     matches,
 )
 from slm_operator.naming import fetch_job_name
-from slm_operator.plan import Plan
-from slm_operator.status import (
+from slm_operator.observe import (
     MODEL_CORRUPTED,
     JobObservation,
     ObservedChildren,
@@ -61,6 +60,7 @@ from slm_operator.status import (
     observe_job,
     with_fetch_progress,
 )
+from slm_operator.plan import Plan
 
 __all__ = [
     "AFTER_DELETE_SECONDS",

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from slm_operator.status import JobObservation, RuntimeObservation
+from slm_operator.observe import JobObservation, RuntimeObservation
 
 # --- what was read ------------------------------------------------------------------------------
 

@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from slm_operator.observe import JobObservation
 from slm_operator.resolve.quantities import parse_quantity
-from slm_operator.status import JobObservation
 
 # On the cache claim: JSON {cache key: {source, sha256, sizeBytes, quantization, cachedAt}} of the
 # models it holds.

@@ -48,10 +48,10 @@ from slm_operator.k8s.cache import ChildCache
 from slm_operator.k8s.client import ApiError, KubeApi
 from slm_operator.metrics import OperatorMetrics
 from slm_operator.naming import cache_claim_name, fetch_job_name, selector_string
+from slm_operator.observe import ObservedChildren, observe_runtime_pods
 from slm_operator.plan import Owner, Plan, ResolveFailure
 from slm_operator.resolve import resolve
 from slm_operator.settings import OperatorSettings
-from slm_operator.status import ObservedChildren, observe_runtime_pods
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,9 @@ from typing import Any
 from slm_operator.api.v1alpha1 import SLMDeploymentSpec, SLMDeploymentStatus
 from slm_operator.k8s.client import KubeApi
 from slm_operator.metrics import OperatorMetrics
+from slm_operator.observe import ObservedChildren
 from slm_operator.plan import Owner, Plan, ResolveFailure
-from slm_operator.status import ObservedChildren, carry_user_fields, compute_status, invalid_spec_status
+from slm_operator.status import carry_user_fields, compute_status, invalid_spec_status
 
 Key = tuple[str, str]  # (namespace, name)
 

@@ -1,6 +1,6 @@
 """How a fetch fails: FetchError and its kinds, each a prefix of the termination message.
 
-The operator maps known prefixes to condition reasons (slm_operator.status.FETCH_FAILURE_KINDS):
+The operator maps known prefixes to condition reasons (slm_operator.observe.FETCH_FAILURE_KINDS):
 `CacheNotWritable` (integrity.CACHE_NOT_WRITABLE) and `SourceUnauthorized` are a contract with it.
 """
 

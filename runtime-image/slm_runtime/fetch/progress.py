@@ -1,7 +1,7 @@
 """What a fetch reports while it runs: progress lines on stderr and the result record in dest.
 
 The line format ("fetch: D/T bytes (P%) at R B/s") is parsed by the operator
-(slm_operator.status.parse_fetch_progress; tests/contract/test_fetch_contract.py holds the two in
+(slm_operator.observe.parse_fetch_progress; tests/contract/test_fetch_contract.py holds the two in
 step). The record (integrity.RESULT_FILE) is replaced atomically, never seen half-written.
 """
 
@@ -24,7 +24,7 @@ class Progress:
     `total` is the current file's size; for a folder, `base` counts finished files and `overall`
     the whole folder, so the record shows the folder's progress. Each line ends with the rate
     since the line before ("at N B/s"): the operator reads the last one from the Pod's log into
-    status.cache (slm_operator.status.parse_fetch_progress), so keep the two in step.
+    status.cache (slm_operator.observe.parse_fetch_progress), so keep the two in step.
     """
 
     def __init__(

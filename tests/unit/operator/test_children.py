@@ -42,16 +42,16 @@ from slm_operator.children.objects import (
     running_pod,
 )
 from slm_operator.naming import fetch_job_name
-from slm_operator.plan import Owner, Plan
-from slm_operator.resolve import resolve
-from slm_operator.settings import OperatorSettings
-from slm_operator.status import (
+from slm_operator.observe import (
     DeploymentObservation,
     JobObservation,
     ObservedChildren,
     RuntimeObservation,
     observe_job,
 )
+from slm_operator.plan import Owner, Plan
+from slm_operator.resolve import resolve
+from slm_operator.settings import OperatorSettings
 from tests.unit.operator.conftest import cpu_node, make_facts
 
 NOW = datetime(2026, 11, 30, 2, 0, 0, tzinfo=UTC)

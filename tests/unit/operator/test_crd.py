@@ -9,21 +9,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import yaml
 
-from slm_operator.api.crd import (
-    CHART_CRD_DIR,
-    CRD_FILE_NAME,
-    CRD_PATH,
-    build_crd,
-    main,
-    render_crd_yaml,
-)
+from slm_operator.api.crd import build_crd, render_chart_crd_yaml, render_crd_yaml
 from slm_operator.api.v1alpha1 import SLMDeploymentSpec, SLMDeploymentStatus
 from tests.crdschema import apply_defaults, cel_errors
 
@@ -32,18 +24,13 @@ VERSION = CRD["spec"]["versions"][0]
 SCHEMA = VERSION["schema"]["openAPIV3Schema"]
 
 
-def test_write_puts_the_crd_in_crds_and_the_chart(tmp_path: Path) -> None:
-    (tmp_path / CHART_CRD_DIR).mkdir(parents=True)
-    extra = tmp_path / "elsewhere" / "crd.yaml"
-    assert main(["--write", "--root", str(tmp_path), "-o", str(extra)]) == 0
-    assert (tmp_path / CRD_PATH).read_text() == render_crd_yaml()
-    assert extra.read_text() == render_crd_yaml()
-    chart = (tmp_path / CHART_CRD_DIR / CRD_FILE_NAME).read_text()
+def test_the_chart_copy_is_the_crd_behind_crds_install_and_kept_on_uninstall() -> None:
+    chart = render_chart_crd_yaml()
     assert chart.splitlines()[1] == "{{- if .Values.crds.install }}"
     assert chart.endswith("{{- end }}\n")
-    assert yaml.safe_load("\n".join(chart.splitlines()[2:-1]))["metadata"]["annotations"] == {
-        "helm.sh/resource-policy": "keep"
-    }
+    body = yaml.safe_load("\n".join(chart.splitlines()[2:-1]))
+    assert body["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert body["spec"] == yaml.safe_load(render_crd_yaml())["spec"]
 
 
 def test_names_subresources_and_columns() -> None:

@@ -10,18 +10,17 @@ import pytest
 
 from slm_operator.api.v1alpha1 import SLMDeploymentSpec, SLMDeploymentStatus
 from slm_operator.catalog import Catalog
-from slm_operator.plan import Owner, Plan, ResolveFailure
-from slm_operator.resolve import resolve
-from slm_operator.settings import OperatorSettings
-from slm_operator.status import (
+from slm_operator.observe import (
     DeploymentObservation,
     JobObservation,
     ObservedChildren,
-    carry_user_fields,
-    compute_status,
     observe_deployment,
     observe_job,
 )
+from slm_operator.plan import Owner, Plan, ResolveFailure
+from slm_operator.resolve import resolve
+from slm_operator.settings import OperatorSettings
+from slm_operator.status import carry_user_fields, compute_status
 from tests.unit.operator.conftest import cpu_node, make_facts
 
 T0 = datetime(2026, 11, 30, 1, 0, 0, tzinfo=UTC)
