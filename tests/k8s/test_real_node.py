@@ -179,7 +179,7 @@ async def test_the_operator_reads_fetch_progress_from_a_real_fetch_pod_log(e2e: 
     from kubernetes_asyncio import client, config
 
     from slm_operator.builders.fetch_job import FETCH_CONTAINER
-    from slm_operator.k8s.client import Kubernetes
+    from slm_operator.k8s.client import ApiError, Kubernetes
     from slm_operator.observe import parse_fetch_progress
 
     [fetcher] = e2e.fetch_pods(served)
@@ -189,6 +189,9 @@ async def test_the_operator_reads_fetch_progress_from_a_real_fetch_pod_log(e2e: 
     api = Kubernetes(client.ApiClient(configuration))
     try:
         text = await api.pod_log(e2e.namespace, fetcher["metadata"]["name"], FETCH_CONTAINER, tail_lines=5)
+        with pytest.raises(ApiError) as missing:
+            await api.pod_log(e2e.namespace, "no-such-pod", FETCH_CONTAINER, tail_lines=5)
+        assert missing.value.not_found, missing.value.message
     finally:
         await api.close()
     assert len(text.splitlines()) <= 5, text

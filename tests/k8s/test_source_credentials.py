@@ -283,13 +283,19 @@ def test_a_refused_token_names_the_secret_to_check(sources: Sources) -> None:
 
         def refused() -> dict[str, Any] | None:
             cached = realpods.conditions(e2e.get(name)).get("ModelCached", {})
-            return cached if "SourceUnauthorized: HTTP 401" in cached.get("message", "") else None
+            # The fetcher's `SourceUnauthorized:` prefix becomes the condition's reason.
+            named = cached.get("reason") == "SourceUnauthorized" and "HTTP 401" in cached.get("message", "")
+            return cached if named else None
 
         condition = wait_for(refused, timeout=240, interval=1, what="ModelCached naming SourceUnauthorized")
         assert condition["status"] == "False"
         assert "the Authorization header from Secret source-wrong, key token" in condition["message"]
         assert "check that the Secret holds a valid, unexpired credential" in condition["message"]
-        assert realpods.conditions(e2e.get(name)).get("Ready", {}).get("status") != "True"
+        conditions = realpods.conditions(e2e.get(name))
+        assert conditions.get("Ready", {}).get("status") != "True"
+        # Stalled until someone fixes the Secret, and still retried with backoff meanwhile.
+        assert conditions.get("Stalled", {}).get("status") == "True"
+        assert "once the Secret holds a credential the source accepts" in conditions["Reconciling"]["message"]
         everything = sources.everything_about(name)
         assert WRONG not in everything and API_KEY not in everything
     finally:

@@ -117,7 +117,7 @@ class Kubernetes:
         body: Any = None,
         content_type: str = "application/json",
         accept: str = "application/json",
-        response_type: str = "object",
+        raw: bool = False,
     ) -> Any:
         self.requests[f"{method} {kind}"] += 1
         if self._metrics is not None:
@@ -130,9 +130,11 @@ class Kubernetes:
                 header_params={"Content-Type": content_type, "Accept": accept},
                 body=body,
                 auth_settings=["BearerToken"],
-                response_types_map={200: response_type, 201: response_type, 202: response_type},
+                response_types_map={200: "object", 201: "object", 202: "object"},
                 _return_http_data_only=True,
                 _request_timeout=30,
+                # raw: the aiohttp response, unread (the client would try JSON on any text)
+                _preload_content=not raw,
             )
         except client.ApiException as error:
             message = error.reason or ""
@@ -161,15 +163,26 @@ class Kubernetes:
 
     async def pod_log(self, namespace: str, name: str, container: str, *, tail_lines: int) -> str:
         """The last lines a container wrote (at most 16 KiB), as text."""
-        result = await self._call(
+        response = await self._call(
             "GET",
             _path("Pod", namespace, name) + "/log",
             kind="Pod/log",
             query=[("container", container), ("tailLines", str(tail_lines)), ("limitBytes", "16384")],
-            accept="text/plain",
-            response_type="str",
+            accept="*/*",  # the log subresource refuses text/plain in Accept, yet answers text
+            raw=True,
         )
-        return str(result or "")
+        try:
+            text = str(await response.text(errors="replace"))
+            if not 200 <= response.status <= 299:  # unread responses are not checked by the client
+                message = text
+                with contextlib.suppress(TypeError, ValueError, AttributeError):
+                    message = json.loads(text).get("message", text)
+                raise ApiError(response.status, f"GET pods/{name}/log: {message}")
+            return text
+        except (TimeoutError, OSError, aiohttp.ClientError) as error:
+            raise ApiError(0, f"GET pods/{name}/log: {type(error).__name__}: {error}") from error
+        finally:
+            response.release()
 
     async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply under the operator's field manager; it owns what it sets."""
