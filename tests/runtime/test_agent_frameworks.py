@@ -18,6 +18,7 @@ every connection beyond loopback, so an attempt fails fast and fails the test in
 import errno
 import importlib
 import json
+import logging
 import socket
 from collections.abc import Iterator
 from types import ModuleType
@@ -128,11 +129,15 @@ def stays_offline(internet_attempts: list[str]) -> Iterator[None]:
 def litellm(internet_attempts: list[str]) -> Iterator[ModuleType]:
     """LiteLLM, imported with its bundled model cost map: it downloads one at import otherwise (so does
     llama_index.llms.litellm, which imports it)."""
+    # LiteLLM raises the httpx logger to WARNING at import, for the whole process: put it back.
+    httpx_logger = logging.getLogger("httpx")
+    httpx_level = httpx_logger.level
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         module = importlib.import_module("litellm")
         patch.setattr(module, "suppress_debug_info", True)
         yield module
+    httpx_logger.setLevel(httpx_level)
 
 
 class ForceToolChoice(httpx.BaseTransport):

@@ -1114,6 +1114,8 @@ def test_credentials_in_the_source_are_redacted_everywhere(
             "&sig=***&token=***&access_token=***&signature=***&v=2"
         )
     caplog.set_level(logging.DEBUG)
+    # httpx's own logger too: an imported library may have raised its level (LiteLLM sets WARNING).
+    caplog.set_level(logging.DEBUG, logger="httpx")
     state.cut_first = 1  # a retry line, too
     log = tmp_path / "termination-log"
     log.touch()
