@@ -30,7 +30,7 @@ def load_backend(settings: ServeSettings) -> Backend:
         from slm_runtime.backends.onnx_backend import OnnxBackend
 
         return OnnxBackend(settings)
-    from slm_runtime.backends.llama_cpp_backend import LlamaCppBackend
+    from slm_runtime.backends.llama_cpp import LlamaCppBackend
 
     return LlamaCppBackend(settings)
 

@@ -166,6 +166,25 @@ class GenerationJob:
         return await self._events.get()
 
 
+def post_events(events: Sequence[tuple[GenerationJob, Event]]) -> None:
+    """Hands a worker's events to their jobs, in order, waking each event loop once for all of them
+    (a batch step produces one event per sequence; one wake-up each would cost a syscall apiece)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[GenerationJob, Event]]] = {}
+    for job, event in events:
+        by_loop.setdefault(job._loop, []).append((job, event))
+    for loop, batch in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_deliver, batch)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            for job, _ in batch:
+                job.cancelled.set()
+
+
+def _deliver(events: list[tuple[GenerationJob, Event]]) -> None:
+    for job, event in events:
+        job._events.put_nowait(event)
+
+
 @dataclass(frozen=True)
 class ModelDetails:
     """What /api/show, /api/tags and /readyz report about the loaded model."""
