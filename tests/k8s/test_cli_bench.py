@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from slm_dev.cluster import LocalCluster
 from slm_operator.cli import bench_status
 from slm_operator.cli.__main__ import main
 from tests.k8s.conftest import wait_for
-from tests.k8s.test_real_node import E2E
+from tests.k8s.test_real_node import E2E, operator_namespace
 
 pytestmark = [pytest.mark.k8s, pytest.mark.realnode, pytest.mark.slow]
 
@@ -33,30 +32,14 @@ NAME = "bench"
 
 @pytest.fixture(scope="module")
 def e2e(cluster: LocalCluster, crds: list[str]) -> Iterator[E2E]:
-    if cluster.real_node is None:
-        message = "this local cluster has no real node (SLM_REAL_NODE=0, or one cannot run here)"
-        if __import__("os").environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    namespace = f"bench-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", namespace)
-    cluster.wait_default_service_account(namespace)
-    cluster.ensure_volume_pool()
-    cluster.apply(realpods.seed_claim_manifests(namespace, realpods.smollm2_dir()))
-    realpods.install_operator(
-        cluster, RELEASE, namespace, realpods.operator_values(namespace, install_crds=False)
-    )
-    env = E2E(cluster, namespace)
-    env.apply(NAME, realpods.real_node_spec())
-    try:
-        env.wait_ready(NAME)
-    except BaseException:
-        print(env.describe())
-        raise
-    yield env
-    realpods.helm(cluster, "uninstall", RELEASE, "--namespace", namespace, "--wait")
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-    cluster.kubectl("delete", "pv", f"seed-{namespace}"[:63], "--wait=false", check=False)
+    with operator_namespace(cluster, "bench", RELEASE) as env:
+        env.apply(NAME, realpods.real_node_spec())
+        try:
+            env.wait_ready(NAME)
+        except BaseException:
+            print(env.describe())
+            raise
+        yield env
 
 
 def slm(

@@ -8,8 +8,10 @@ reach the runtime through the Service's ClusterIP (kube-proxy's rules on this ho
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
 import threading
 import time
@@ -98,26 +100,39 @@ class E2E:
         return f"{out.stdout}\n{events.stdout[-4000:]}\n--- operator log ---\n{logs.stdout[-6000:]}"
 
 
-@pytest.fixture(scope="module")
-def e2e(cluster: LocalCluster, crds: list[str]) -> Iterator[E2E]:
+@contextlib.contextmanager
+def operator_namespace(
+    cluster: LocalCluster, prefix: str, release: str, *, extra_settings: dict[str, Any] | None = None
+) -> Iterator[E2E]:
+    """A namespace served by the operator pod (the chart, our image) with the model seed claim.
+
+    Without a real node this skips, except in CI, where it fails: the tests it serves would
+    prove nothing on kwok. Everything it made is removed afterwards.
+    """
     if cluster.real_node is None:
         message = "this local cluster has no real node (SLM_REAL_NODE=0, or one cannot run here)"
-        if __import__("os").environ.get("CI") == "true":
+        if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    namespace = f"e2e-{uuid.uuid4().hex[:6]}"
+    namespace = f"{prefix}-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", namespace)
     cluster.wait_default_service_account(namespace)
     cluster.ensure_volume_pool()
     cluster.apply(realpods.seed_claim_manifests(namespace, realpods.smollm2_dir()))
-    realpods.install_operator(
-        cluster, RELEASE, namespace, realpods.operator_values(namespace, install_crds=False)
-    )
-    env = E2E(cluster, namespace)
-    yield env
-    realpods.helm(cluster, "uninstall", RELEASE, "--namespace", namespace, "--wait")
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-    cluster.kubectl("delete", "pv", f"seed-{namespace}"[:63], "--wait=false", check=False)
+    values = realpods.operator_values(namespace, install_crds=False, extra_settings=extra_settings)
+    realpods.install_operator(cluster, release, namespace, values)
+    try:
+        yield E2E(cluster, namespace)
+    finally:
+        realpods.helm(cluster, "uninstall", release, "--namespace", namespace, "--wait")
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        cluster.kubectl("delete", "pv", f"seed-{namespace}"[:63], "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def e2e(cluster: LocalCluster, crds: list[str]) -> Iterator[E2E]:
+    with operator_namespace(cluster, "e2e", RELEASE) as env:
+        yield env
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import pytest
 from slm_dev import images, realnode, realpods
 from slm_dev.cluster import LocalCluster
 from tests.k8s.conftest import wait_for
-from tests.k8s.test_real_node import E2E
+from tests.k8s.test_real_node import E2E, operator_namespace
 
 pytestmark = [pytest.mark.k8s, pytest.mark.realnode, pytest.mark.slow]
 
@@ -206,38 +206,24 @@ class Sources:
 
 @pytest.fixture(scope="module")
 def sources(cluster: LocalCluster, crds: list[str]) -> Iterator[Sources]:
-    if cluster.real_node is None:
-        message = "this local cluster has no real node (SLM_REAL_NODE=0, or one cannot run here)"
-        if __import__("os").environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    namespace = f"e2e-creds-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", namespace)
-    cluster.wait_default_service_account(namespace)
-    cluster.ensure_volume_pool()
-    cluster.apply(realpods.seed_claim_manifests(namespace, realpods.smollm2_dir()))
-    cluster.apply(
-        [
-            _secret("source-registry", "token", TOKEN + "\n"),  # as `--from-file` keeps a file's newline
-            _secret("source-registry-renamed", "token", TOKEN),
-            _secret("source-gateway", "api-key", API_KEY),
-            _secret("source-wrong", "token", WRONG),
-        ],
-        "-n",
-        namespace,
-    )
-    cdn_ip = _start(cluster, namespace, _server_pod("cdn", CDN_PORT, {}))
-    origin_ip = _start(
-        cluster, namespace, _server_pod("origin", ORIGIN_PORT, {"CDN_URL": f"http://{cdn_ip}:{CDN_PORT}"})
-    )
-    values = realpods.operator_values(
-        namespace, install_crds=False, extra_settings={"unknownModelBytes": UNKNOWN_MODEL_BYTES}
-    )
-    realpods.install_operator(cluster, RELEASE, namespace, values)
-    yield Sources(E2E(cluster, namespace), origin_ip)
-    realpods.helm(cluster, "uninstall", RELEASE, "--namespace", namespace, "--wait")
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-    cluster.kubectl("delete", "pv", f"seed-{namespace}"[:63], "--wait=false", check=False)
+    settings = {"unknownModelBytes": UNKNOWN_MODEL_BYTES}
+    with operator_namespace(cluster, "e2e-creds", RELEASE, extra_settings=settings) as e2e:
+        namespace = e2e.namespace
+        cluster.apply(
+            [
+                _secret("source-registry", "token", TOKEN + "\n"),  # as `--from-file` keeps a file's newline
+                _secret("source-registry-renamed", "token", TOKEN),
+                _secret("source-gateway", "api-key", API_KEY),
+                _secret("source-wrong", "token", WRONG),
+            ],
+            "-n",
+            namespace,
+        )
+        cdn_ip = _start(cluster, namespace, _server_pod("cdn", CDN_PORT, {}))
+        origin_ip = _start(
+            cluster, namespace, _server_pod("origin", ORIGIN_PORT, {"CDN_URL": f"http://{cdn_ip}:{CDN_PORT}"})
+        )
+        yield Sources(e2e, origin_ip)
 
 
 def test_headers_reach_the_origin_and_never_the_redirect_target(sources: Sources) -> None:

@@ -38,6 +38,7 @@ from llama_index.core.tools import FunctionTool
 from llama_index.llms.ollama import Ollama  # type: ignore[import-untyped]
 
 from tests.runtime.conftest import RunningServer
+from tests.runtime.test_tool_calls_api import OLLAMA_PARAMETERS
 
 pytestmark = pytest.mark.runtime
 
@@ -46,18 +47,8 @@ QUESTION = "Weather in Paris for 2 days?"
 MAX_TOKENS = 400  # byte-level tokens: a whole call fits well within
 ANSWER_TOKENS = 8
 # What a parsed get_weather call must hold: exact JSON types (a boolean, not "true"), every key.
-WEATHER_PARAMETERS: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        # An enum: a random model cannot write one string forever.
-        "city": {"type": "string", "enum": ["Paris", "Tokyo", "Lima"]},
-        "days": {"type": "integer"},
-        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-        "hourly": {"type": "boolean"},
-    },
-    "required": ["city", "days", "unit", "hourly"],
-    "additionalProperties": False,
-}
+# (The Ollama tests' schema, city bounded by an enum so a random model cannot write it forever, closed.)
+WEATHER_PARAMETERS: dict[str, Any] = {**OLLAMA_PARAMETERS, "additionalProperties": False}
 WEATHER_TOOL: dict[str, Any] = {
     "type": "function",
     "function": {"name": "get_weather", "description": "Weather forecast", "parameters": WEATHER_PARAMETERS},
